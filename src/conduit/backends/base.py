@@ -1,0 +1,56 @@
+"""The Backend protocol: what the pipeline needs from anything that generates text.
+
+Two implementations: the embedded engine (here) and OpenAI-compatible upstreams (routing issue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int | None = None  # None: up to the end of the context
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """Either chat `messages` (rendered with the model's template) or a raw `prompt`."""
+
+    model: str
+    sampling: Sampling = field(default_factory=Sampling)
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of generated text. The last one of a generation has `finish_reason` set."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int  # generated so far, this delta included
+    finish_reason: str | None = None  # stop | length | abort
+
+
+class Backend(Protocol):
+    model: str
+    max_model_len: int
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        """Stream the generation. Closing the iterator early stops the work for it."""
+        ...

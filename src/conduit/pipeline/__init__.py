@@ -1,0 +1,4 @@
+from conduit.pipeline.context import RequestContext
+from conduit.pipeline.pipeline import Pipeline
+
+__all__ = ["Pipeline", "RequestContext"]

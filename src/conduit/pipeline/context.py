@@ -1,0 +1,60 @@
+"""What one request did, as the pipeline observed it; becomes its request-log row."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from conduit.backends import Delta
+from conduit.gateway.auth import Principal
+from conduit.observability.request_log import RequestRecord
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+@dataclass
+class RequestContext:
+    endpoint: str
+    principal: Principal | None = None
+    model: str | None = None
+    stream: bool = False
+    id: str = field(default_factory=lambda: new_id("req"))
+    started: float = field(default_factory=time.perf_counter)
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    finish_reason: str | None = None
+
+    def observe(self, delta: Delta) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.prompt_tokens = delta.prompt_tokens
+        self.completion_tokens = delta.completion_tokens
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+
+    def record(
+        self, status: str, http_status: int, error_type: str | None = None, error_id: str | None = None
+    ) -> RequestRecord:
+        now = time.perf_counter()
+        principal = self.principal
+        return RequestRecord(
+            id=self.id,
+            endpoint=self.endpoint,
+            status=status,
+            http_status=http_status,
+            latency_ms=(now - self.started) * 1000,
+            tenant_id=principal.tenant_id if principal else None,
+            key_id=principal.key_id if principal else None,
+            model=self.model,
+            stream=self.stream,
+            error_type=error_type,
+            error_id=error_id,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens if self.prompt_tokens is not None else None,
+            ttft_ms=(self.first_token_at - self.started) * 1000 if self.first_token_at else None,
+            finish_reason=self.finish_reason,
+        )

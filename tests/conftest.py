@@ -1,0 +1,112 @@
+"""Shared fixtures: a real Conduit server on a loopback port, driven over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+ADMIN_KEY = "cdk-admin-test-secret-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`conduit serve` in a subprocess with its own data directory."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, admin_key: str | None = ADMIN_KEY) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_key = admin_key
+        data_dir.mkdir(parents=True, exist_ok=True)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
+        full_env.update({"CONDUIT_DATA_DIR": str(data_dir), "CONDUIT_SERVER__PORT": str(self.port),
+                         "PYTHONUNBUFFERED": "1", **(env or {})})
+        if admin_key:
+            full_env["CONDUIT_ADMIN_KEY"] = admin_key
+        self.log_path = data_dir / "server.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "conduit.cli", "serve"], env=full_env, cwd=data_dir,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def client(self, api_key: str | None = None, **kwargs) -> OpenAI:
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key or self.admin_key, max_retries=0, **kwargs)
+
+    def headers(self, api_key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key or self.admin_key}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def rows(self, where: str = "1=1", params: tuple = ()) -> list[dict]:
+        """Request-log rows, read straight from the SQLite file."""
+        with sqlite3.connect(self.data_dir / "conduit.db") as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute(f"SELECT * FROM request_log WHERE {where}", params)]
+
+    def wait_rows(self, where: str, params: tuple = (), count: int = 1, timeout: float = 10) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.rows(where, params)
+            if len(rows) >= count:
+                return rows
+            time.sleep(0.1)
+        raise AssertionError(f"expected {count} request-log rows where {where} {params}, got {self.rows(where, params)}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path_factory.mktemp("server"))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> OpenAI:
+    return server.client()
+
+
+@pytest.fixture(scope="session")
+def model_name() -> str:
+    return "smollm2"
