@@ -132,7 +132,9 @@ def test_sigterm_drains_in_flight_and_flushes_log(tmp_path: Path) -> None:
             assert first_chunk.wait(60)
             srv.proc.send_signal(signal.SIGTERM)
             results = [f.result(timeout=120) for f in futures]
-        assert srv.proc.wait(60) == 0
+        # uvicorn re-raises SIGTERM after its graceful shutdown, the conventional exit status.
+        assert srv.proc.wait(60) in (0, -signal.SIGTERM)
+        assert "stopped; request log flushed" in srv.log()
         for text in results:
             assert '"finish_reason":"length"' in text.replace(" ", "") or "[DONE]" in text, text
         assert sum("[DONE]" in r for r in results) == 2

@@ -16,7 +16,7 @@ from tests.conftest import ADMIN_KEY, ServerProcess
 def conduit(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, input: str | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}
-    full_env.update(env or {})
+    full_env.update({"COLUMNS": "200", **(env or {})})
     return subprocess.run([sys.executable, "-m", "conduit.cli", *args], env=full_env, cwd=cwd, input=input,
                           capture_output=True, text=True, timeout=timeout)
 
