@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,13 +28,84 @@ class ServerSettings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class Prices(BaseModel):
+    """US dollars per million tokens."""
+
+    input: float = Field(0.0, ge=0)
+    cached_input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+class Timeouts(BaseModel):
+    connect_s: float = Field(5.0, gt=0, description="Opening a connection to an upstream.")
+    first_token_s: float = Field(60.0, gt=0, description="From sending the request to the first token.")
+    between_tokens_s: float = Field(30.0, gt=0, description="Longest silence inside a stream.")
+    total_s: float = Field(600.0, gt=0, description="One attempt, start to end.")
+
+
+class Deployment(BaseModel):
+    """One place a logical model runs: the embedded engine or an OpenAI-compatible upstream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["embedded", "openai"] = "embedded"
+    id: str | None = Field(None, description="Name in logs and metrics; default: derived from the model.")
+    # embedded
+    source: str = Field("smollm2", description="embedded: 'smollm2' (bundled) or a llama GGUF path.")
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    max_model_len: int | None = Field(None, ge=16, description="embedded: cap on the context length.")
+    # openai-compatible upstream
+    base_url: str | None = Field(None, description="openai: e.g. http://vllm:8000/v1")
+    api_key_env: str | None = Field(None, description="openai: environment variable holding the key.")
+    upstream_model: str | None = Field(None, description="openai: model name upstream; default: the logical name.")
+    headers: dict[str, str] = Field(default_factory=dict, description="openai: extra request headers.")
+    # both
+    weight: float = Field(1.0, gt=0)
+    max_in_flight: int | None = Field(None, ge=1, description="Concurrent requests at most; more wait.")
+    timeouts: Timeouts = Timeouts()
+    context_length: int | None = Field(None, ge=16, description="Default: the embedded model's, else unknown.")
+
+    @model_validator(mode="after")
+    def _upstream_needs_url(self) -> Deployment:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("an 'openai' deployment needs base_url")
+        return self
+
+
+class RetryPolicy(BaseModel):
+    attempts: int = Field(3, ge=1, description="Tries per deployment group, the first included.")
+    backoff_base_s: float = Field(0.2, ge=0)
+    backoff_max_s: float = Field(5.0, ge=0)
+
+
+class HealthSettings(BaseModel):
+    failure_threshold: int = Field(3, ge=1, description="Consecutive failures that eject a deployment.")
+    cooldown_s: float = Field(10.0, gt=0, description="How long an ejected deployment gets no traffic.")
+    check_interval_s: float = Field(0.0, ge=0, description="Active health checks (GET /models); 0: off.")
+
+
+Capability = Literal["chat", "completions", "embeddings", "logprobs", "json_schema"]
+
+
 class ModelSettings(BaseModel):
-    """One model served by the embedded engine."""
+    """A logical model: the name clients send, served by one or more deployments."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="The id clients send as `model`.")
-    source: str = Field("smollm2", description="'smollm2' (bundled) or a path to a llama GGUF file.")
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    max_model_len: int | None = Field(None, ge=16, description="Cap on context length; default: the model's.")
+    deployments: list[Deployment] = Field(default_factory=list)
+    # Shorthand for a single embedded deployment (what `models: [{name: x}]` means).
+    source: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16"] | None = None
+    max_model_len: int | None = Field(None, ge=16)
+    capabilities: list[Capability] = Field(default_factory=lambda: ["chat", "completions"])
+    prices: Prices = Prices()
+    balancer: Literal["least_outstanding", "p2c_ewma", "weighted_round_robin"] = "least_outstanding"
+    retry: RetryPolicy = RetryPolicy()
+    health: HealthSettings = HealthSettings()
+    fallbacks: list[str] = Field(default_factory=list, description="Models tried in order when this one fails.")
+    context_fallback: str | None = Field(None, description="Model with a longer context, for long prompts.")
+    deadline_s: float = Field(300.0, gt=0, description="Overall limit per request, retries included.")
 
     @field_validator("name")
     @classmethod
@@ -42,6 +113,52 @@ class ModelSettings(BaseModel):
         if not value.strip():
             raise ValueError("model name must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _shorthand(self) -> ModelSettings:
+        shorthand = {k: v for k, v in (("source", self.source), ("dtype", self.dtype),
+                                        ("max_model_len", self.max_model_len)) if v is not None}
+        if shorthand and self.deployments:
+            raise ValueError("give either 'deployments' or the embedded shorthand (source/dtype/max_model_len)")
+        if not self.deployments:
+            self.deployments = [Deployment(backend="embedded", **shorthand)]
+            # Cleared so that validating this object again (as pydantic-settings does) still passes.
+            self.source = self.dtype = self.max_model_len = None
+        return self
+
+
+class RouteExample(BaseModel):
+    text: str
+    tier: int = Field(ge=0, description="Index into `tiers`.")
+
+
+class RouterSettings(BaseModel):
+    """A logical model (default `auto`) that picks one of `tiers` per request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "auto"
+    tiers: list[str] = Field(min_length=2, description="Model names, cheapest first.")
+    mode: Literal["rules", "classifier", "cascade"] = "rules"
+    long_prompt_chars: int = Field(2000, ge=1, description="rules: a prompt longer than this is hard.")
+    examples: list[RouteExample] = Field(default_factory=list, description="classifier: labelled prompts.")
+    confidence: Literal["logprob", "self_check"] = Field(
+        "logprob", description="cascade: mean token log-probability, or the cheap model grading itself.")
+    threshold: float = Field(-1.0, description="cascade: escalate when mean log-probability is below this.")
+
+    @model_validator(mode="after")
+    def _classifier_needs_examples(self) -> RouterSettings:
+        if self.mode == "classifier":
+            if not self.examples:
+                raise ValueError("the classifier router needs labelled 'examples'")
+            if any(e.tier >= len(self.tiers) for e in self.examples):
+                raise ValueError("an example's tier is not an index into 'tiers'")
+        return self
+
+
+class TenantSettings(BaseModel):
+    name: str = Field(description="The tenant's name, as given to `conduit keys create --tenant`.")
+    models: list[str] | None = Field(None, description="Models its keys may use; default: all.")
 
 
 class RequestLogSettings(BaseModel):
@@ -58,6 +175,26 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     models: list[ModelSettings] = Field(default_factory=lambda: [ModelSettings(name="smollm2")])
     request_log: RequestLogSettings = RequestLogSettings()
+    tenants: list[TenantSettings] = Field(default_factory=list)
+    router: RouterSettings | None = None
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Settings:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("model names must be unique")
+        known = set(names)
+        for m in self.models:
+            for target in [*m.fallbacks, *([m.context_fallback] if m.context_fallback else [])]:
+                if target not in known:
+                    raise ValueError(f"model '{m.name}' falls back to unknown model '{target}'")
+        if self.router is not None:
+            if self.router.name in known:
+                raise ValueError(f"router name '{self.router.name}' is also a model's name")
+            missing = [t for t in self.router.tiers if t not in known]
+            if missing:
+                raise ValueError(f"router tiers name unknown models: {missing}")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -90,7 +90,7 @@ def test_server_fault_is_500_with_logged_error_id(tmp_path: Path, caplog: pytest
     try:
         while not server.started:
             time.sleep(0.05)
-        app.state.pipeline.backends["broken"] = _ExplodingBackend()
+        app.state.pipeline.registry.groups["broken"].deployments[0].backend = _ExplodingBackend()
         with caplog.at_level(logging.ERROR, logger="conduit.api"):
             response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
                                   headers={"Authorization": f"Bearer {ADMIN_KEY}"},

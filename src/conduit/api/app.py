@@ -18,12 +18,12 @@ from fastapi import FastAPI
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
 from conduit.api.routes import admin, generation, models
-from conduit.backends import Backend
-from conduit.backends.embedded import EmbeddedBackend
 from conduit.config import Settings
 from conduit.gateway.auth import Authenticator, ensure_admin_key
 from conduit.observability.request_log import RequestLogWriter
-from conduit.pipeline import Pipeline
+from conduit.pipeline.pipeline import Pipeline
+from conduit.routing.registry import Registry
+from conduit.routing.router import Router
 from conduit.store.db import Database
 from conduit.store.keys import KeyStore
 
@@ -41,24 +41,23 @@ def create_app(settings: Settings) -> FastAPI:
         )
         if key_file is not None:
             log.info("admin key in %s", key_file.resolve())
-        backends: dict[str, Backend] = {m.name: EmbeddedBackend(m) for m in settings.models}
+        registry = Registry(settings)
+        router = Router(settings.router) if settings.router else None
         app.state.settings = settings
         app.state.started_at = int(time.time())
         app.state.keys = keys
         app.state.auth = Authenticator(admin_key, keys)
-        app.state.pipeline = Pipeline(backends)
-        app.state.load_errors = {}
+        app.state.pipeline = Pipeline(registry, router)
         app.state.request_log = RequestLogWriter(
             db, settings.request_log.batch_size, settings.request_log.flush_interval_s
         )
-        loading = asyncio.create_task(_load(backends, app.state.load_errors))
+        await registry.start()
+        if router is not None:
+            await router.start()
         try:
             yield
         finally:
-            loading.cancel()
-            await asyncio.gather(loading, return_exceptions=True)
-            for backend in backends.values():
-                await backend.close()
+            await registry.close()
             app.state.request_log.close()
             db.close()
             log.info("stopped; request log flushed")
@@ -69,12 +68,3 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (models, generation, admin):
         app.include_router(module.router)
     return app
-
-
-async def _load(backends: dict[str, Backend], errors: dict[str, str]) -> None:
-    for name, backend in backends.items():
-        try:
-            await backend.start()
-        except Exception as exc:  # one bad model must not take the others (or the server) down
-            errors[name] = str(exc)
-            log.exception("model %s failed to load", name)

@@ -28,6 +28,7 @@ class GenerateRequest:
     sampling: Sampling = field(default_factory=Sampling)
     messages: list[dict[str, Any]] | None = None
     prompt: str | list[int] | None = None
+    logprobs: bool = False  # ask for the chosen tokens' log-probabilities (the cascade's confidence)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Delta:
     prompt_tokens: int
     completion_tokens: int  # generated so far, this delta included
     finish_reason: str | None = None  # stop | length | abort
+    logprobs: tuple[float, ...] = ()  # of this delta's tokens, when asked for and available
 
 
 class Backend(Protocol):

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from conduit.backends.base import Delta, GenerateRequest
-from conduit.config import ModelSettings
+from conduit.config import Deployment
 from conduit.engine import LLM, ContextLengthExceeded, SamplingParams
 from conduit.errors import APIError
 
@@ -34,8 +34,8 @@ _DONE = object()
 
 
 class EmbeddedBackend:
-    def __init__(self, settings: ModelSettings) -> None:
-        self.model = settings.name
+    def __init__(self, model: str, settings: Deployment) -> None:
+        self.model = model
         self._settings = settings
         self._llm: LLM | None = None
         self._jobs: queue.Queue[_Job | None] = queue.Queue()

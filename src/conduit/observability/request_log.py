@@ -36,6 +36,9 @@ class RequestRecord:
     completion_tokens: int | None = None
     ttft_ms: float | None = None
     finish_reason: str | None = None
+    deployment: str | None = None
+    route: str | None = None
+    attempts: int | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -1,4 +1,3 @@
 from conduit.pipeline.context import RequestContext
-from conduit.pipeline.pipeline import Pipeline
 
-__all__ = ["Pipeline", "RequestContext"]
+__all__ = ["RequestContext"]

@@ -27,6 +27,12 @@ class RequestContext:
     completion_tokens: int = 0
     first_token_at: float | None = None
     finish_reason: str | None = None
+    route: list[str] = field(default_factory=list)  # why this model: "direct", "rules:code", "fallback:x"
+    attempts: list[str] = field(default_factory=list)  # "deployment:outcome" per try
+    deployment: str | None = None  # the one that answered
+
+    def note_route(self, reason: str) -> None:
+        self.route.append(reason)
 
     def observe(self, delta: Delta) -> None:
         if self.first_token_at is None:
@@ -57,4 +63,7 @@ class RequestContext:
             completion_tokens=self.completion_tokens if self.prompt_tokens is not None else None,
             ttft_ms=(self.first_token_at - self.started) * 1000 if self.first_token_at else None,
             finish_reason=self.finish_reason,
+            deployment=self.deployment,
+            route=",".join(self.route) or None,
+            attempts=len(self.attempts) or None,
         )

@@ -1,4 +1,4 @@
-"""The request pipeline. Stages run in DESIGN.md's order; this issue has route -> generate.
+"""The request pipeline. Stages run in DESIGN.md's order; today: route -> generate.
 
 Guards, caches, retrieval and prompt assembly plug in here as their issues land.
 """
@@ -7,31 +7,36 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from conduit.backends import Backend, Delta, GenerateRequest
-from conduit.errors import APIError
+from conduit.backends import Delta, GenerateRequest
+from conduit.gateway.auth import Principal
 from conduit.pipeline.context import RequestContext
+from conduit.routing.dispatch import Dispatcher
+from conduit.routing.registry import Registry
+from conduit.routing.router import Router
 
 
 class Pipeline:
-    def __init__(self, backends: dict[str, Backend]) -> None:
-        self.backends = backends
+    def __init__(self, registry: Registry, router: Router | None = None) -> None:
+        self.registry = registry
+        self.router = router
+        self.dispatcher = Dispatcher(registry)
 
-    def backend(self, model: str) -> Backend:
-        backend = self.backends.get(model)
-        if backend is None:
-            raise APIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
-        if not backend.ready:
-            raise APIError(503, f"Model '{model}' is still loading; retry shortly.", "service_unavailable",
-                           code="model_loading", headers={"Retry-After": "5"})
-        return backend
+    def models(self, principal: Principal | None) -> list[str]:
+        """The model ids this caller may send: the router's name first, if there is one."""
+        names = self.registry.visible(principal)
+        if self.router is not None and all(self.registry.allowed(principal, t) for t in self.router.settings.tiers):
+            names.insert(0, self.router.name)
+        return names
 
-    async def generate(self, ctx: RequestContext, request: GenerateRequest) -> AsyncIterator[Delta]:
-        ctx.model = request.model
-        backend = self.backend(request.model)
-        stream = backend.generate(request)
+    async def generate(self, ctx: RequestContext, request: GenerateRequest, stream: bool) -> AsyncIterator[Delta]:
+        if self.router is not None and request.model == self.router.name:
+            deltas = self.router.generate(ctx, request, stream, self.dispatcher)
+        else:
+            ctx.note_route("direct")
+            deltas = self.dispatcher.generate(ctx, request, stream)
         try:
-            async for delta in stream:
+            async for delta in deltas:
                 ctx.observe(delta)
                 yield delta
         finally:
-            await stream.aclose()
+            await deltas.aclose()

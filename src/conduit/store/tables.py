@@ -56,3 +56,6 @@ class RequestLog(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
     finish_reason: Mapped[str | None] = mapped_column(String(32))
+    deployment: Mapped[str | None] = mapped_column(String(200))
+    route: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int | None] = mapped_column(Integer)

@@ -17,7 +17,8 @@ from conduit.api.sse import ClientDisconnected, EventStream, cancel_on_disconnec
 from conduit.backends import Delta, GenerateRequest
 from conduit.errors import APIError
 from conduit.gateway.auth import Principal
-from conduit.pipeline import Pipeline, RequestContext
+from conduit.pipeline import RequestContext
+from conduit.pipeline.pipeline import Pipeline
 
 router = APIRouter()
 
@@ -52,12 +53,12 @@ async def _respond(
 ) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     log = request.app.state.request_log
-    deltas = _generate_all(pipeline, ctx, requests)
+    deltas = _generate_all(pipeline, ctx, requests, stream)
     try:
         if not stream:
             choices = await cancel_on_disconnect(request, _collect(deltas))
             log.record(ctx.record("ok", 200))
-            return JSONResponse(shape.completion(choices, shape.usage(ctx)))
+            return JSONResponse(shape.completion(choices, shape.usage(ctx)), headers=_route_headers(ctx))
         # Wait for the first token before answering, so that errors found on the way
         # (unknown model, context too long) still get their own HTTP status.
         first = await cancel_on_disconnect(request, anext(deltas))
@@ -67,17 +68,23 @@ async def _respond(
     except BaseException:
         await deltas.aclose()
         raise
-    return EventStream(_events(request, ctx, shape, first, deltas, include_usage))
+    return EventStream(_events(request, ctx, shape, first, deltas, include_usage), headers=_route_headers(ctx))
+
+
+def _route_headers(ctx: RequestContext) -> dict[str, str]:
+    """Which model answered, why, and after how many tries."""
+    return {"x-conduit-model": ctx.model or "", "x-conduit-route": ",".join(ctx.route),
+            "x-conduit-attempts": str(len(ctx.attempts))}
 
 
 async def _generate_all(
-    pipeline: Pipeline, ctx: RequestContext, requests: list[GenerateRequest]
+    pipeline: Pipeline, ctx: RequestContext, requests: list[GenerateRequest], stream: bool
 ) -> AsyncIterator[tuple[int, Delta]]:
     """Every prompt's deltas in turn, tagged with the prompt's index; usage summed over them."""
     prompt_tokens = completion_tokens = 0
     for index, request in enumerate(requests):
         last: Delta | None = None
-        async for delta in pipeline.generate(ctx, request):
+        async for delta in pipeline.generate(ctx, request, stream):
             last = delta
             ctx.prompt_tokens = prompt_tokens + delta.prompt_tokens
             ctx.completion_tokens = completion_tokens + delta.completion_tokens

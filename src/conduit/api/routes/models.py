@@ -19,12 +19,13 @@ def _model_card(name: str, created: int) -> dict:
 @router.get("/v1/models")
 async def list_models(request: Request, principal: Principal = Depends(authenticated)) -> dict:
     created = request.app.state.started_at
-    return {"object": "list", "data": [_model_card(name, created) for name in request.app.state.pipeline.backends]}
+    names = request.app.state.pipeline.models(principal)
+    return {"object": "list", "data": [_model_card(name, created) for name in names]}
 
 
 @router.get("/v1/models/{model}")
 async def get_model(model: str, request: Request, principal: Principal = Depends(authenticated)) -> dict:
-    if model not in request.app.state.pipeline.backends:
+    if model not in request.app.state.pipeline.models(principal):
         raise APIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
     return _model_card(model, request.app.state.started_at)
 
@@ -36,10 +37,8 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    backends = request.app.state.pipeline.backends
-    models = {name: ("ready" if b.ready else "loading") for name, b in backends.items()}
-    failed = request.app.state.load_errors
-    models.update({name: "failed" for name in failed})
+    groups = request.app.state.pipeline.registry.groups
+    models = {name: group.state() for name, group in groups.items()}
     ready = all(state == "ready" for state in models.values())
     return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
                         status_code=200 if ready else 503)

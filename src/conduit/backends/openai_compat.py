@@ -1,0 +1,199 @@
+"""A Backend for any OpenAI-compatible upstream: vLLM, SGLang, TGI, Ollama, OpenAI, another Conduit.
+
+The upstream is always asked to stream, whatever the client asked for: that gives one code path,
+separate first-token and between-token timeouts, and usage from `stream_options.include_usage`
+(counted from the chunks when an upstream does not send it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from conduit.backends.base import Delta, GenerateRequest
+from conduit.config import Deployment
+from conduit.errors import APIError
+
+
+class UpstreamError(APIError):
+    """An upstream failure. `retryable`: worth another attempt (elsewhere or later)."""
+
+    def __init__(self, status: int, message: str, retryable: bool, code: str = "upstream_error",
+                 retry_after: float | None = None, type: str = "upstream_error") -> None:  # noqa: A002
+        super().__init__(status, message, type, code=code)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class OpenAICompatBackend:
+    def __init__(self, model: str, deployment: Deployment, client: httpx.AsyncClient) -> None:
+        assert deployment.base_url is not None
+        self.model = model
+        self.deployment = deployment
+        self.base_url = deployment.base_url.rstrip("/")
+        self.upstream_model = deployment.upstream_model or model
+        self.max_model_len = deployment.context_length or 0
+        self._client = client
+        key = os.environ.get(deployment.api_key_env, "") if deployment.api_key_env else ""
+        self._headers = {**deployment.headers, **({"Authorization": f"Bearer {key}"} if key else {})}
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def check_health(self) -> bool:
+        """Active health check: GET {base_url}/models answers 200."""
+        try:
+            response = await self._client.get(f"{self.base_url}/models", headers=self._headers,
+                                               timeout=self.deployment.timeouts.connect_s * 2)
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def body(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
+        s = request.sampling
+        body: dict[str, Any] = {"model": self.upstream_model, "stream": True,
+                                "stream_options": {"include_usage": True}}
+        if request.messages is not None:
+            path, body["messages"] = "/chat/completions", request.messages
+        else:
+            path, body["prompt"] = "/completions", request.prompt
+        if s.max_tokens is not None:
+            body["max_tokens"] = s.max_tokens
+        body["temperature"] = s.temperature
+        if s.top_p != 1.0:
+            body["top_p"] = s.top_p
+        if s.top_k:
+            body["top_k"] = s.top_k
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if request.logprobs and request.messages is not None:
+            body["logprobs"] = True
+        return path, body
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        timeouts = self.deployment.timeouts
+        path, body = self.body(request)
+        chat = request.messages is not None
+        started = time.monotonic()
+        timeout = httpx.Timeout(connect=timeouts.connect_s, read=timeouts.first_token_s,
+                                write=timeouts.connect_s, pool=timeouts.connect_s)
+        try:
+            async with self._client.stream("POST", self.base_url + path, json=body, headers=self._headers,
+                                           timeout=timeout) as response:
+                await _raise_for_status(response)
+                events = _sse_events(response, timeouts.first_token_s, timeouts.between_tokens_s,
+                                     started + timeouts.total_s)
+                async for delta in _deltas(events, chat):
+                    yield delta
+        except httpx.ConnectError as exc:
+            raise UpstreamError(502, f"Cannot connect to the upstream: {exc}", True, "upstream_unreachable") from None
+        except (httpx.TimeoutException, TimeoutError):
+            raise UpstreamError(504, "The upstream timed out.", True, "upstream_timeout") from None
+        except httpx.HTTPError as exc:  # dropped connection, protocol error
+            raise UpstreamError(502, f"The upstream connection failed: {exc!r}", True,
+                                "upstream_disconnected") from None
+
+
+async def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if status == 200:
+        kind = response.headers.get("content-type", "")
+        if not kind.startswith("text/event-stream"):
+            raise UpstreamError(502, f"The upstream answered with content type '{kind}', not an event stream.",
+                                True, "upstream_bad_response")
+        return
+    raw = (await response.aread())[:4096]
+    message, code, param = _error_detail(raw)
+    if status == 429:
+        raise UpstreamError(429, f"The upstream is rate limiting: {message}", True, "upstream_rate_limited",
+                            retry_after=_retry_after(response.headers.get("retry-after")))
+    if status >= 500 or status == 408:
+        raise UpstreamError(502, f"The upstream failed with {status}: {message}", True, "upstream_error")
+    if status in (401, 403, 404):
+        # Our client's request is fine; the upstream's configuration (key, model name) is not.
+        raise UpstreamError(502, f"The upstream refused the request ({status}): {message}", False,
+                            "upstream_misconfigured")
+    if "context length" in message.lower() or code == "context_length_exceeded":
+        raise APIError(400, message, param=param or "messages", code="context_length_exceeded")
+    raise APIError(status if 400 <= status < 500 else 502, message, param=param, code=code)
+
+
+def _error_detail(raw: bytes) -> tuple[str, str | None, str | None]:
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return raw.decode(errors="replace").strip()[:500] or "(no body)", None, None
+    if isinstance(error, dict):
+        return str(error.get("message", error)), error.get("code"), error.get("param")
+    return str(error), None, None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def _sse_events(response: httpx.Response, first_s: float, between_s: float,
+                      deadline: float) -> AsyncIterator[str]:
+    """The `data:` payloads of an event stream, with the first-token, gap and total timeouts."""
+    lines = response.aiter_lines()
+    wait = first_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        line = await asyncio.wait_for(anext(lines, None), min(wait, remaining))
+        if line is None:
+            return
+        if line.startswith("data:"):
+            wait = between_s
+            yield line[5:].strip()
+
+
+async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta]:
+    prompt_tokens = completion_tokens = 0
+    finish: str | None = None
+    async for data in events:
+        if data == "[DONE]":
+            break
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError(502, "The upstream sent malformed JSON in its stream.", True,
+                                "upstream_bad_response") from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(502, "The upstream sent an unexpected event.", True, "upstream_bad_response")
+        if "error" in chunk:
+            message = _error_detail(json.dumps(chunk).encode())[0]
+            raise UpstreamError(502, f"The upstream failed mid-stream: {message}", True, "upstream_error")
+        if usage := chunk.get("usage"):
+            prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
+            completion_tokens = usage.get("completion_tokens", completion_tokens)
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+            logprobs = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or [])]
+            finish = choice.get("finish_reason") or finish
+            if text:
+                completion_tokens += 1  # replaced by the upstream's usage when it sends one
+                yield Delta(text, prompt_tokens, completion_tokens, None, tuple(logprobs))
+    if finish is None:
+        raise UpstreamError(502, "The upstream stream ended without a finish reason.", True,
+                            "upstream_disconnected")
+    yield Delta("", prompt_tokens, completion_tokens, finish)
