@@ -11,15 +11,19 @@ class Candidate(Protocol):
     id: str
     weight: float
     in_flight: int
+    served: int
     ewma_s: float | None
 
 
 class LeastOutstanding:
-    """Fewest requests in flight per unit of weight; ties broken at random."""
+    """Fewest requests in flight per unit of weight; ties go to the least served so far.
+
+    The tie-break matters at low load, where every deployment is idle: it spreads requests in
+    proportion to weight instead of by chance.
+    """
 
     def pick(self, candidates: Sequence[Candidate]) -> Candidate:
-        best = min(c.in_flight / c.weight for c in candidates)
-        return random.choice([c for c in candidates if c.in_flight / c.weight == best])
+        return min(candidates, key=lambda c: (c.in_flight / c.weight, c.served / c.weight))
 
 
 class PowerOfTwoEwma:

@@ -88,7 +88,6 @@ class Dispatcher:
                     yield delta
                 return
             except APIError as exc:
-                ctx.attempts.append(f"{handle.id}:{exc.code or exc.status}")
                 if sent_any:
                     raise StreamInterrupted(exc) from None
                 if not _retryable(exc):
@@ -109,6 +108,9 @@ class Dispatcher:
         held: list[Delta] = []
         verdict = False
         ctx.model, ctx.deployment = request.model, handle.id
+        # Counted when it starts: a stream's headers go out at its first token, mid-attempt.
+        attempt = len(ctx.attempts)
+        ctx.attempts.append(f"{handle.id}:running")
         with handle.track():
             generation = handle.backend.generate(request)
             try:
@@ -129,8 +131,9 @@ class Dispatcher:
                 handle.breaker.on_success()
                 handle.observe_latency(time.monotonic() - started)
                 verdict = True
-                ctx.attempts.append(f"{handle.id}:ok")
+                ctx.attempts[attempt] = f"{handle.id}:ok"
             except APIError as exc:
+                ctx.attempts[attempt] = f"{handle.id}:{exc.code or exc.status}"
                 if _counts_against_deployment(exc):
                     handle.breaker.on_failure()
                     verdict = True

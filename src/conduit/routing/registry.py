@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +23,9 @@ from conduit.routing.health import BreakerState, CircuitBreaker
 
 log = logging.getLogger(__name__)
 EWMA_ALPHA = 0.3
+# An estimate not refreshed for this long has shrunk by 1/e: a deployment once seen as slow gets
+# picked again and re-measured instead of being starved by one bad sample.
+EWMA_DECAY_S = 2.0
 
 
 @dataclass(eq=False)
@@ -30,7 +35,8 @@ class DeploymentHandle:
     settings: Deployment
     breaker: CircuitBreaker
     in_flight: int = 0
-    ewma_s: float | None = None
+    latency_ewma_s: float | None = None
+    sampled_at: float = 0.0
     served: int = 0
     load_error: str | None = None
 
@@ -55,8 +61,17 @@ class DeploymentHandle:
         finally:
             self.in_flight -= 1
 
+    @property
+    def ewma_s(self) -> float | None:
+        """The latency estimate, decayed by how long it has gone without a new sample."""
+        if self.latency_ewma_s is None:
+            return None
+        return self.latency_ewma_s * math.exp(-(time.monotonic() - self.sampled_at) / EWMA_DECAY_S)
+
     def observe_latency(self, seconds: float) -> None:
-        self.ewma_s = seconds if self.ewma_s is None else EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * self.ewma_s
+        previous = self.latency_ewma_s
+        self.latency_ewma_s = seconds if previous is None else EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * previous
+        self.sampled_at = time.monotonic()
 
 
 @dataclass(eq=False)
