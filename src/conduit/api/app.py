@@ -52,11 +52,13 @@ def create_app(settings: Settings) -> FastAPI:
             db, settings.request_log.batch_size, settings.request_log.flush_interval_s
         )
         await registry.start()
-        if router is not None:
-            await router.start()
+        # The classifier's embedding model takes seconds to load: not a reason to delay serving.
+        training = asyncio.create_task(router.start()) if router is not None else None
         try:
             yield
         finally:
+            if training is not None:
+                training.cancel()
             await registry.close()
             app.state.request_log.close()
             db.close()

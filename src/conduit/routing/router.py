@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,6 +20,7 @@ import numpy as np
 from conduit.backends import Delta, GenerateRequest, Sampling
 from conduit.backends.embeddings import LocalEmbedder
 from conduit.config import RouterSettings
+from conduit.errors import APIError
 from conduit.pipeline.context import RequestContext
 from conduit.routing.dispatch import Dispatcher
 
@@ -32,6 +35,7 @@ CUES = {
         r"\b(step[- ]by[- ]step|explain why|analy[sz]e|compare|trade-?offs?|pros and cons|justify"
         r"|design an?|evaluate|critique|what would happen if)\b", re.I),
 }
+log = logging.getLogger(__name__)
 SELF_CHECK = ("Question:\n{question}\n\nProposed answer:\n{answer}\n\n"
               "Is the proposed answer correct and complete? Reply with only 'yes' or 'no'.")
 
@@ -42,8 +46,18 @@ class Router:
         self.name = settings.name
         self._embedder = embedder or (LocalEmbedder() if settings.mode == "classifier" else None)
         self._centroids: np.ndarray | None = None
+        self._trained = asyncio.Event()
 
     async def start(self) -> None:
+        """Embed the labelled examples (the classifier's training); other modes need nothing."""
+        try:
+            await self._train()
+        except Exception:  # requests to the router get a clear 503; the rest of the server runs
+            log.exception("router %s: training the classifier failed", self.name)
+        finally:
+            self._trained.set()
+
+    async def _train(self) -> None:
         if self.settings.mode == "classifier":
             assert self._embedder is not None
             examples = self.settings.examples
@@ -60,7 +74,11 @@ class Router:
         """The tier index for this request and the reason, for `x-conduit-route`."""
         text = _question(request)
         if self.settings.mode == "classifier":
-            assert self._embedder is not None and self._centroids is not None
+            await self._trained.wait()
+            if self._centroids is None:
+                raise APIError(503, "The router's classifier failed to load; see the server log.",
+                               "service_unavailable", code="router_unavailable")
+            assert self._embedder is not None
             vector = (await self._embedder.aencode([text]))[0]
             similarity = self._centroids @ vector
             tier = int(similarity.argmax())
