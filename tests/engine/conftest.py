@@ -8,7 +8,9 @@ import pytest
 
 from conduit.engine import LLM, resolve_model_path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the reference reads the same local GGUF, never the hub
+os.environ.setdefault(
+    "HF_HUB_OFFLINE", "1"
+)  # the reference reads the same local GGUF, never the hub
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +32,9 @@ def llm_fp32() -> LLM:
 @pytest.fixture(scope="session")
 def hf_tokenizer(gguf_path):
     transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    return transformers.AutoTokenizer.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name
+    )
 
 
 @pytest.fixture(scope="session")
@@ -40,5 +44,6 @@ def hf_model(gguf_path):
     import torch
 
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
     return model.eval()

@@ -15,7 +15,8 @@ PROMPTS = [
 ]
 LONG_PROMPT = (
     "In the beginning the Universe was created. This has made a lot of people very angry and been "
-    "widely regarded as a bad move. " * 12
+    "widely regarded as a bad move. "
+    * 12
     + "Meanwhile, in Tokyo (東京), 42 engineers shipped version 3.14.159 of the compiler 🚀. "
 )
 
@@ -72,15 +73,19 @@ def test_greedy_tokens_match_transformers_generate(llm_fp32, hf_model):
     for prompt in PROMPTS:
         ids = llm_fp32.tokenizer.encode(prompt)
         with torch.inference_mode():
-            ref = hf_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                    max_new_tokens=32, do_sample=False)[0, len(ids):].tolist()
+            ref = hf_model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=32,
+                do_sample=False,
+            )[0, len(ids) :].tolist()
         ours = llm_fp32.generate(ids, SamplingParams(temperature=0, max_tokens=32)).token_ids
         assert ours == ref, prompt
 
 
 def test_bfloat16_int4_logits_close(llm, hf_model):
     # bfloat16 rounds activations and block scales; it must still be the same model.
-    assert llm.dtype == "bfloat16" and llm.quantization == "int4"
+    assert llm.dtype == "bfloat16" and llm.quantization == "int4+dense"
     ids = llm.tokenizer.encode(PROMPTS[1])
     ref = reference_logits(hf_model, ids)
     ours = prefill_then_decode(llm, ids, 4)
@@ -101,7 +106,42 @@ def test_bfloat16_dense_logits_close(hf_model):
 
 def test_config_from_gguf(gguf_path):
     c = GGUFModelFile(gguf_path).config
-    assert (c.architecture, c.num_layers, c.hidden_size, c.intermediate_size) == ("llama", 30, 576, 1536)
+    assert (c.architecture, c.num_layers, c.hidden_size, c.intermediate_size) == (
+        "llama",
+        30,
+        576,
+        1536,
+    )
     assert (c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size) == (9, 3, 64, 49152)
     assert c.rope_theta == 100000.0 and c.context_length == 8192 and c.tie_word_embeddings
     assert (c.bos_token_id, c.eos_token_id) == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory, gguf_path):
+    from tests.engine.tiny_llama import write_tiny_llama
+
+    return write_tiny_llama(tmp_path_factory.mktemp("gguf") / "tiny-llama.Q4_0.gguf", gguf_path)
+
+
+def test_other_llama_gguf_matches_transformers(tiny_llama):
+    """Untied output head, Q4_0/Q4_1/Q8_0/F32 mixed, 4 heads over 2 kv heads, head_dim 32."""
+    transformers = pytest.importorskip("transformers")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tiny_llama.parent), gguf_file=tiny_llama.name, dtype=torch.float32
+    ).eval()
+    for kwargs, tolerance in [
+        ({"dtype": "float32"}, 1e-3),
+        ({"quantization": "int4"}, 0.05),
+        ({}, 0.05),
+    ]:
+        llm = LLM(str(tiny_llama), **kwargs)
+        assert llm.model_name == "tiny-llama" and not llm.config.tie_word_embeddings
+        ids = llm.tokenizer.encode("A tiny random llama, written for this test: 🦙 42.")
+        ref = reference_logits(hf_model, ids)
+        ours = prefill_then_decode(llm, ids, 3)
+        for logits, pos in zip(ours, range(len(ids) - 4, len(ids)), strict=True):
+            assert rel_err(logits, ref[pos]) < tolerance
+    assert llm.quantization == "int4+dense"
+    assert type(llm.model.layers[0].qkv).__name__ == "Int4Linear"  # Q4_0
+    assert type(llm.model.layers[0].o_proj).__name__ == "DenseLinear"  # Q8_0 stays dense

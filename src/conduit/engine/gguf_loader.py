@@ -60,7 +60,9 @@ def resolve_model_path(spec: str) -> Path:
         return Path(ggufs[0].locate()).resolve()
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"Model file not found: {spec!r} (expected 'smollm2' or a GGUF path).")
+        raise FileNotFoundError(
+            f"Model file not found: {spec!r} (expected 'smollm2' or a GGUF path)."
+        )
     return path.resolve()
 
 
@@ -90,7 +92,9 @@ class GGUFModelFile:
         self.tensors = {t.name: t for t in self.reader.tensors}
         arch = self.get("general.architecture")
         if arch != "llama":
-            raise ValueError(f"{self.path.name}: architecture {arch!r} is not supported (only 'llama').")
+            raise ValueError(
+                f"{self.path.name}: architecture {arch!r} is not supported (only 'llama')."
+            )
         self.config = self._read_config()
 
     def get(self, key: str, default=None):
@@ -113,8 +117,10 @@ class GGUFModelFile:
         if rope_dim != head_dim:
             raise ValueError(f"{self.path.name}: partial rotary embeddings are not supported.")
         if self.get(f"{arch}.rope.scaling.type", "none") not in ("none", "llama3"):
-            raise ValueError(f"{self.path.name}: rope scaling "
-                             f"{self.get(f'{arch}.rope.scaling.type')!r} is not supported.")
+            raise ValueError(
+                f"{self.path.name}: rope scaling "
+                f"{self.get(f'{arch}.rope.scaling.type')!r} is not supported."
+            )
         tokens = self.reader.fields.get("tokenizer.ggml.tokens")
         vocab = self.get(f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
         if vocab is None:
@@ -181,4 +187,9 @@ class GGUFModelFile:
 
     def _row_order(self, name: str) -> torch.Tensor:
         heads = self._permuted_heads(name)
-        return torch.arange(self.tensors[name].data.shape[0]).reshape(heads, -1, 2).transpose(1, 2).reshape(-1)
+        return (
+            torch.arange(self.tensors[name].data.shape[0])
+            .reshape(heads, -1, 2)
+            .transpose(1, 2)
+            .reshape(-1)
+        )

@@ -18,8 +18,15 @@ class KVCache:
     attention reads without copying. Nothing grows per step: decode writes one slot per layer.
     """
 
-    def __init__(self, num_layers: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 max_len: int, dtype: torch.dtype):
+    def __init__(
+        self,
+        num_layers: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype,
+    ):
         self.data = torch.empty(num_layers, 2, num_kv_heads, max_len, head_dim, dtype=dtype)
         self.keys = [self.data[i, 0] for i in range(num_layers)]
         self.values = [self.data[i, 1] for i in range(num_layers)]
@@ -55,8 +62,12 @@ class KVCache:
             out = _decode_attention(q.view(self.num_kv_heads, group, self.head_dim), keys, values)
         else:
             out = F.scaled_dot_product_attention(
-                q.transpose(0, 1), keys, values, attn_mask=self._mask,
-                is_causal=self._mask is None, enable_gqa=True,
+                q.transpose(0, 1),
+                keys,
+                values,
+                attn_mask=self._mask,
+                is_causal=self._mask is None,
+                enable_gqa=True,
             ).transpose(0, 1)
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
 

@@ -23,7 +23,8 @@ _LLAMA3_SPLIT = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _PRE_TOKENIZER_SPLITS = dict.fromkeys(
-    ["llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "dbrx", "pixtral"], _LLAMA3_SPLIT)
+    ["llama3", "llama-v3", "llama-bpe", "smaug-bpe", "falcon3", "dbrx", "pixtral"], _LLAMA3_SPLIT
+)
 
 # Turn-end markers that chat templates close an assistant turn with; generation stops on them.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eom_id|>")
@@ -31,7 +32,11 @@ _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eom_i
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte <-> printable character table used by byte-level BPE vocabularies."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -46,8 +51,10 @@ class Tokenizer:
     def __init__(self, file: GGUFModelFile):
         kind = file.get("tokenizer.ggml.model")
         if kind != "gpt2":
-            raise ValueError(f"{file.path.name}: tokenizer model {kind!r} is not supported "
-                             "(only byte-level BPE, 'gpt2').")
+            raise ValueError(
+                f"{file.path.name}: tokenizer model {kind!r} is not supported "
+                "(only byte-level BPE, 'gpt2')."
+            )
         tokens: list[str] = file.get("tokenizer.ggml.tokens")
         types: list[int] = file.get("tokenizer.ggml.token_type") or [1] * len(tokens)
         merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges") or []]
@@ -55,25 +62,38 @@ class Tokenizer:
         spelling = _bytes_to_unicode()
         alphabet = set(spelling.values())
         # Tokens outside the byte alphabet are re-spelled byte by byte, as transformers does.
-        spelled = [t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()) for t in tokens]
+        spelled = [
+            t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()) for t in tokens
+        ]
         backend = _Backend(models.BPE(vocab={t: i for i, t in enumerate(spelled)}, merges=merges))
         split = _PRE_TOKENIZER_SPLITS.get(file.get("tokenizer.ggml.pre"))
         if split is None:
             backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         else:
-            backend.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ])
+            backend.pre_tokenizer = pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
         backend.decoder = decoders.ByteLevel()
         # Control tokens (<|im_start|>) are special: matched whole, skipped when decoding.
         # A "control" token outside the byte alphabet is a llama.cpp mislabel; leave it be.
-        special = [i for i, (t, kind) in enumerate(zip(tokens, types))
-                   if kind == _CONTROL and set(t) <= alphabet]
-        backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
-        backend.add_tokens([
-            AddedToken(t, special=False, normalized=False)
-            for t, kind in zip(tokens, types) if kind == _USER_DEFINED and set(t) <= alphabet])
+        special = [
+            i
+            for i, (t, kind) in enumerate(zip(tokens, types))
+            if kind == _CONTROL and set(t) <= alphabet
+        ]
+        backend.add_special_tokens(
+            [AddedToken(tokens[i], special=True, normalized=False) for i in special]
+        )
+        backend.add_tokens(
+            [
+                AddedToken(t, special=False, normalized=False)
+                for t, kind in zip(tokens, types)
+                if kind == _USER_DEFINED and set(t) <= alphabet
+            ]
+        )
         self._backend = backend
 
         self.vocab_size = len(tokens)
@@ -89,8 +109,12 @@ class Tokenizer:
         self.eos_token = tokens[self.eos_token_id] if self.eos_token_id is not None else None
         self.chat_template: str | None = file.get("tokenizer.chat_template")
         ids = {t: i for i, t in enumerate(tokens)}
-        self.eos_token_ids: set[int] = {self.eos_token_id} if self.eos_token_id is not None else set()
-        self.eos_token_ids |= {ids[t] for t in _END_OF_TURN if t in ids and t in (self.chat_template or "")}
+        self.eos_token_ids: set[int] = (
+            {self.eos_token_id} if self.eos_token_id is not None else set()
+        )
+        self.eos_token_ids |= {
+            ids[t] for t in _END_OF_TURN if t in ids and t in (self.chat_template or "")
+        }
         self._template: jinja2.Template | None = None
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
@@ -107,16 +131,21 @@ class Tokenizer:
     def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
-                            **kwargs) -> str:
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True, **kwargs
+    ) -> str:
         """Render the GGUF's template with Hugging Face's jinja semantics."""
         if self._template is None:
             if not self.chat_template:
                 raise ValueError("This model has no chat template; send a plain prompt instead.")
             self._template = _compile_template(self.chat_template)
         return self._template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+            **kwargs,
+        )
 
 
 class IncrementalDetokenizer:
@@ -147,11 +176,13 @@ def _compile_template(source: str) -> jinja2.Template:
         raise jinja2.exceptions.TemplateError(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
