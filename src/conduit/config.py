@@ -43,6 +43,21 @@ class Timeouts(BaseModel):
     total_s: float = Field(600.0, gt=0, description="One attempt, start to end.")
 
 
+class EngineOptions(BaseModel):
+    """The embedded engine's scheduler and KV cache (embedded deployments only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kv_cache_memory_gb: float = Field(1.0, gt=0, description="CPU: memory for the paged KV cache.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="CUDA: share of free memory for the cache.")
+    block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
+    max_num_seqs: int = Field(32, ge=1, description="Sequences running at once, at most.")
+    max_num_batched_tokens: int = Field(512, ge=16, description="Tokens per engine step (the chunked-prefill budget).")
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class Deployment(BaseModel):
     """One place a logical model runs: the embedded engine or an OpenAI-compatible upstream."""
 
@@ -54,6 +69,8 @@ class Deployment(BaseModel):
     source: str = Field("smollm2", description="embedded: 'smollm2' (bundled) or a llama GGUF path.")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     max_model_len: int | None = Field(None, ge=16, description="embedded: cap on the context length.")
+    load_format: Literal["gguf", "dummy"] = Field("gguf", description="embedded: 'dummy' = random weights (benchmarks).")
+    engine: EngineOptions = EngineOptions()
     # openai-compatible upstream
     base_url: str | None = Field(None, description="openai: e.g. http://vllm:8000/v1")
     api_key_env: str | None = Field(None, description="openai: environment variable holding the key.")

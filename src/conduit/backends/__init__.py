@@ -1,3 +1,3 @@
-from conduit.backends.base import Backend, Delta, GenerateRequest, Sampling
+from conduit.backends.base import Backend, Delta, GenerateRequest, Sampling, TokenLogprob
 
-__all__ = ["Backend", "Delta", "GenerateRequest", "Sampling"]
+__all__ = ["Backend", "Delta", "GenerateRequest", "Sampling", "TokenLogprob"]

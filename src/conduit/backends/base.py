@@ -16,8 +16,16 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    n: int = 1  # choices generated from one prompt
+    top_logprobs: int | None = None  # None: no log-probabilities; 0..20: the chosen token's, plus that many alternatives
 
 
 @dataclass(frozen=True)
@@ -32,14 +40,26 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """OpenAI's `logprobs.content[]` entry: a generated token and, optionally, its alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[tuple[str, float], ...] = ()  # (token, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class Delta:
-    """A piece of generated text. The last one of a generation has `finish_reason` set."""
+    """A piece of generated text of choice `index`. A choice's last delta has `finish_reason` set."""
 
     text: str
     prompt_tokens: int
-    completion_tokens: int  # generated so far, this delta included
+    completion_tokens: int  # generated so far for this request (all choices), this delta included
     finish_reason: str | None = None  # stop | length | abort
     logprobs: tuple[float, ...] = ()  # of this delta's tokens, when asked for and available
+    index: int = 0
+    token_logprobs: tuple[TokenLogprob, ...] = ()  # OpenAI-format detail, when top_logprobs is set
 
 
 class Backend(Protocol):
