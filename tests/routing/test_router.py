@@ -87,3 +87,32 @@ def test_cascade_escalates_on_low_confidence(upstreams: dict[str, FakeUpstream],
         assert headers["x-conduit-attempts"] == "2"
     finally:
         server.stop()
+
+
+def test_logprobs_pass_through_from_upstream(upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    server = start_gateway(tmp_path, _config(upstreams, {"mode": "rules"}))
+    try:
+        client = server.client()
+        reply = client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "a hard one"}],
+                                               logprobs=True)
+        content = reply.choices[0].logprobs.content
+        assert "".join(t.token for t in content) == reply.choices[0].message.content
+        assert all(t.logprob == -3.0 for t in content)
+        chunks = list(client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": "x"}],
+                                                     logprobs=True, stream=True))
+        streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+        assert [t.logprob for t in streamed] == [-0.1] * len(streamed) and streamed
+    finally:
+        server.stop()
+
+
+def test_cascade_self_check(upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
+    # The fake answers the grading question with "Hello from a! ...", which is not a "yes".
+    server = start_gateway(tmp_path, _config(upstreams, {"mode": "cascade", "confidence": "self_check"}))
+    try:
+        text, headers = _ask(server.client(), "an easy one")
+        assert "from b" in text
+        assert headers["x-conduit-route"].startswith("cascade:cheap:escalated(self_check=hello")
+        assert headers["x-conduit-attempts"] == "3"  # cheap answer, cheap self-check, strong answer
+    finally:
+        server.stop()
