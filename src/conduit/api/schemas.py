@@ -57,14 +57,17 @@ class _Sampled(_Strict):
     temperature: Temperature | None = None
     top_p: TopP | None = None
     top_k: int | None = Field(None, ge=0, description="Extension (vLLM's): keep the k most likely tokens.")
-    n: int = Field(1, ge=1)
+    min_p: float | None = Field(None, ge=0, le=1, description="Extension: drop tokens under min_p x the top probability.")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: divide repeated tokens' logits.")
+    stop_token_ids: list[int] | None = Field(None, description="Extension: stop at any of these token ids.")
+    n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -77,31 +80,36 @@ class _Sampled(_Strict):
             raise ValueError("stop sequences must not be empty")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value and not all(key.isdigit() for key in value):
+            raise ValueError("keys must be token ids (as strings of digits)")
+        return value
+
     @model_validator(mode="after")
-    def _not_yet_supported(self) -> _Sampled:
-        # Accepted by the schema so clients get a precise error rather than "unknown field".
-        unsupported = {
-            "n": self.n != 1,
-            "presence_penalty": bool(self.presence_penalty),
-            "frequency_penalty": bool(self.frequency_penalty),
-            "logit_bias": bool(self.logit_bias),
-        }
-        for name, used in unsupported.items():
-            if used:
-                raise _Unsupported(name)
+    def _stream_options_need_stream(self) -> _Sampled:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         return self
 
-    def sampling(self, max_tokens: int | None) -> Sampling:
+    def sampling(self, max_tokens: int | None, top_logprobs: int | None = None) -> Sampling:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         return Sampling(
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=self.top_p or 1.0,
             top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=tuple((int(k), v) for k, v in (self.logit_bias or {}).items()),
             seed=self.seed,
             stop=tuple(stops),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            n=self.n,
+            top_logprobs=top_logprobs,
         )
 
     @property
@@ -124,8 +132,8 @@ class ChatCompletionRequest(_Sampled):
 
     @model_validator(mode="after")
     def _chat_not_yet_supported(self) -> ChatCompletionRequest:
-        if self.logprobs or self.top_logprobs:
-            raise _Unsupported("logprobs")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if self.tools:
             raise _Unsupported("tools")
         if self.response_format is not None and self.response_format.type != "text":
@@ -135,7 +143,8 @@ class ChatCompletionRequest(_Sampled):
     def generate_request(self) -> GenerateRequest:
         return GenerateRequest(
             model=self.model,
-            sampling=self.sampling(self.max_completion_tokens or self.max_tokens),
+            sampling=self.sampling(self.max_completion_tokens or self.max_tokens,
+                                   (self.top_logprobs or 0) if self.logprobs else None),
             messages=[m.as_template_message() for m in self.messages],
         )
 
@@ -143,7 +152,7 @@ class ChatCompletionRequest(_Sampled):
 class CompletionRequest(_Sampled):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for legacy completions
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
     best_of: int | None = None
     suffix: str | None = None
 
@@ -158,8 +167,6 @@ class CompletionRequest(_Sampled):
 
     @model_validator(mode="after")
     def _completion_not_yet_supported(self) -> CompletionRequest:
-        if self.logprobs is not None:
-            raise _Unsupported("logprobs")
         if self.best_of not in (None, 1):
             raise _Unsupported("best_of")
         if self.suffix:
@@ -176,7 +183,7 @@ class CompletionRequest(_Sampled):
         return list(p)  # type: ignore[arg-type]
 
     def generate_request(self, prompt: str | list[int]) -> GenerateRequest:
-        return GenerateRequest(model=self.model, sampling=self.sampling(self.max_tokens), prompt=prompt)
+        return GenerateRequest(model=self.model, sampling=self.sampling(self.max_tokens, self.logprobs), prompt=prompt)
 
 
 class _Unsupported(ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from conduit.backends.base import Delta, GenerateRequest
+from conduit.backends.base import Delta, GenerateRequest, TokenLogprob
 from conduit.config import Deployment
 from conduit.errors import APIError
 
@@ -81,8 +81,20 @@ class OpenAICompatBackend:
             body["seed"] = s.seed
         if s.stop:
             body["stop"] = list(s.stop)
-        if request.logprobs and request.messages is not None:
+        # Only what differs from the defaults: not every upstream knows vLLM's extensions.
+        optional = {"n": (s.n, 1), "presence_penalty": (s.presence_penalty, 0.0),
+                    "frequency_penalty": (s.frequency_penalty, 0.0), "min_p": (s.min_p, 0.0),
+                    "repetition_penalty": (s.repetition_penalty, 1.0),
+                    "logit_bias": ({str(t): b for t, b in s.logit_bias}, {}),
+                    "stop_token_ids": (list(s.stop_token_ids), [])}
+        body.update({name: value for name, (value, default) in optional.items() if value != default})
+        wants_logprobs = request.logprobs or s.top_logprobs is not None
+        if wants_logprobs and request.messages is not None:
             body["logprobs"] = True
+            if s.top_logprobs:
+                body["top_logprobs"] = s.top_logprobs
+        elif wants_logprobs:
+            body["logprobs"] = s.top_logprobs or 0
         return path, body
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
@@ -169,7 +181,7 @@ async def _sse_events(response: httpx.Response, first_s: float, between_s: float
 
 async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta]:
     prompt_tokens = completion_tokens = 0
-    finish: str | None = None
+    finish: dict[int, str | None] = {}
     async for data in events:
         if data == "[DONE]":
             break
@@ -187,13 +199,31 @@ async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta
             prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
             completion_tokens = usage.get("completion_tokens", completion_tokens)
         for choice in chunk.get("choices") or []:
+            index = choice.get("index", 0)
             text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-            logprobs = [t["logprob"] for t in ((choice.get("logprobs") or {}).get("content") or [])]
-            finish = choice.get("finish_reason") or finish
-            if text:
-                completion_tokens += 1  # replaced by the upstream's usage when it sends one
-                yield Delta(text, prompt_tokens, completion_tokens, None, tuple(logprobs))
-    if finish is None:
+            finish[index] = choice.get("finish_reason") or finish.get(index)
+            detail = _token_logprobs(choice.get("logprobs"), chat)
+            if text or detail:
+                completion_tokens += max(1, len(detail))  # replaced by the upstream's usage when it sends one
+                yield Delta(text or "", prompt_tokens, completion_tokens, None,
+                            tuple(e.logprob for e in detail), index, detail)
+    if not finish or None in finish.values():
         raise UpstreamError(502, "The upstream stream ended without a finish reason.", True,
                             "upstream_disconnected")
-    yield Delta("", prompt_tokens, completion_tokens, finish)
+    # Finish last, after the usage chunk that follows the finish reasons, so the counts are final.
+    for index, reason in sorted(finish.items()):
+        yield Delta("", prompt_tokens, completion_tokens, reason, index=index)
+
+
+def _token_logprobs(raw: Any, chat: bool) -> tuple[TokenLogprob, ...]:
+    """OpenAI's logprobs of one chunk, chat or legacy shape, as TokenLogprob entries."""
+    if not isinstance(raw, dict):
+        return ()
+    if chat:
+        return tuple(
+            TokenLogprob(e["token"], e["logprob"], tuple(e.get("bytes") or e["token"].encode()),
+                         tuple((t["token"], t["logprob"]) for t in e.get("top_logprobs") or ()))
+            for e in raw.get("content") or ())
+    tops = raw.get("top_logprobs") or [None] * len(raw.get("tokens") or ())
+    return tuple(TokenLogprob(token, logprob, tuple(token.encode()), tuple((top or {}).items()))
+                 for token, logprob, top in zip(raw.get("tokens") or (), raw.get("token_logprobs") or (), tops))

@@ -14,7 +14,7 @@ from conduit.api.deps import authenticated, parse_body, request_context
 from conduit.api.errors import record_failure
 from conduit.api.schemas import ChatCompletionRequest, CompletionRequest
 from conduit.api.sse import ClientDisconnected, EventStream, cancel_on_disconnect, sse
-from conduit.backends import Delta, GenerateRequest
+from conduit.backends import Delta, GenerateRequest, TokenLogprob
 from conduit.errors import APIError
 from conduit.gateway.auth import Principal
 from conduit.pipeline import RequestContext
@@ -30,7 +30,7 @@ CLIENT_CLOSED = 499
 async def chat_completions(request: Request, principal: Principal = Depends(authenticated)) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     ctx = request_context(request, "chat.completions", principal, body.model, body.stream)
-    shape = _Shape(chat=True, id=ctx.id.replace("req-", "chatcmpl-"), model=body.model)
+    shape = _Shape(chat=True, id=ctx.id.replace("req-", "chatcmpl-"), model=body.model, logprobs=bool(body.logprobs))
     return await _respond(request, ctx, shape, [body.generate_request()], body.stream, body.include_usage)
 
 
@@ -38,7 +38,8 @@ async def chat_completions(request: Request, principal: Principal = Depends(auth
 async def completions(request: Request, principal: Principal = Depends(authenticated)) -> Response:
     body = await parse_body(request, CompletionRequest)
     ctx = request_context(request, "completions", principal, body.model, body.stream)
-    shape = _Shape(chat=False, id=ctx.id.replace("req-", "cmpl-"), model=body.model)
+    shape = _Shape(chat=False, id=ctx.id.replace("req-", "cmpl-"), model=body.model,
+                   logprobs=body.logprobs is not None)
     requests = [body.generate_request(prompt) for prompt in body.prompts()]
     return await _respond(request, ctx, shape, requests, body.stream, body.include_usage)
 
@@ -80,27 +81,36 @@ def _route_headers(ctx: RequestContext) -> dict[str, str]:
 async def _generate_all(
     pipeline: Pipeline, ctx: RequestContext, requests: list[GenerateRequest], stream: bool
 ) -> AsyncIterator[tuple[int, Delta]]:
-    """Every prompt's deltas in turn, tagged with the prompt's index; usage summed over them."""
+    """Every prompt's deltas in turn, tagged with their choice index (prompt x n + the delta's
+    own); usage summed over the prompts."""
     prompt_tokens = completion_tokens = 0
-    for index, request in enumerate(requests):
+    for number, request in enumerate(requests):
         last: Delta | None = None
         async for delta in pipeline.generate(ctx, request, stream):
             last = delta
             ctx.prompt_tokens = prompt_tokens + delta.prompt_tokens
             ctx.completion_tokens = completion_tokens + delta.completion_tokens
-            yield index, delta
+            yield number * request.sampling.n + delta.index, delta
         if last is not None:
             prompt_tokens += last.prompt_tokens
             completion_tokens += last.completion_tokens
 
 
-async def _collect(deltas: AsyncIterator[tuple[int, Delta]]) -> list[tuple[str, str | None]]:
-    texts: dict[int, list[str]] = {}
-    finish: dict[int, str | None] = {}
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+async def _collect(deltas: AsyncIterator[tuple[int, Delta]]) -> list[_Choice]:
+    choices: dict[int, _Choice] = {}
     async for index, delta in deltas:
-        texts.setdefault(index, []).append(delta.text)
-        finish[index] = delta.finish_reason or finish.get(index)
-    return [("".join(texts[i]), finish[i]) for i in sorted(texts)]
+        choice = choices.setdefault(index, _Choice())
+        choice.text.append(delta.text)
+        choice.logprobs.extend(delta.token_logprobs)
+        choice.finish_reason = delta.finish_reason or choice.finish_reason
+    return [choices[i] for i in sorted(choices)]
 
 
 async def _events(
@@ -120,8 +130,8 @@ async def _events(
             if index not in started and shape.chat:
                 started.add(index)
                 yield sse(shape.chunk(index, {"role": "assistant", "content": ""}, None, include_usage))
-            if delta.text:
-                yield sse(shape.chunk(index, delta.text, None, include_usage))
+            if delta.text or delta.token_logprobs:
+                yield sse(shape.chunk(index, delta.text, None, include_usage, delta.token_logprobs))
             if delta.finish_reason is not None:
                 yield sse(shape.chunk(index, "", delta.finish_reason, include_usage))
             item = await anext(deltas, None)
@@ -149,6 +159,7 @@ class _Shape:
     chat: bool
     id: str
     model: str
+    logprobs: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     def envelope(self) -> dict[str, Any]:
@@ -156,26 +167,45 @@ class _Shape:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": None}
 
-    def chunk(self, index: int, text: str | dict[str, str], finish: str | None, usage: bool) -> dict[str, Any]:
+    def chunk(self, index: int, text: str | dict[str, str], finish: str | None, usage: bool,
+              logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
+        detail = self.logprob_detail(logprobs) if logprobs else None
         if self.chat:
             delta = text if isinstance(text, dict) else ({"content": text} if text else {})
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": detail, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text, "logprobs": detail, "finish_reason": finish}
         chunk = {**self.envelope(), "choices": [choice]}
         if usage:
             chunk["usage"] = None
         return chunk
 
-    def completion(self, choices: list[tuple[str, str | None]], usage: dict[str, int]) -> dict[str, Any]:
-        if self.chat:
-            body = [{"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": finish} for i, (text, finish) in enumerate(choices)]
-        else:
-            body = [{"index": i, "text": text, "logprobs": None, "finish_reason": finish}
-                    for i, (text, finish) in enumerate(choices)]
+    def completion(self, choices: list[_Choice], usage: dict[str, int]) -> dict[str, Any]:
+        body = []
+        for i, choice in enumerate(choices):
+            text = "".join(choice.text)
+            detail = self.logprob_detail(choice.logprobs) if self.logprobs else None
+            if self.chat:
+                body.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                             "logprobs": detail, "finish_reason": choice.finish_reason})
+            else:
+                body.append({"index": i, "text": text, "logprobs": detail, "finish_reason": choice.finish_reason})
         kind = "chat.completion" if self.chat else "text_completion"
         return {**self.envelope(), "object": kind, "choices": body, "usage": usage}
+
+    def logprob_detail(self, entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+        """Chat's `{"content": [...]}` or legacy completions' parallel lists."""
+        if self.chat:
+            content = [{"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes),
+                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in e.top]}
+                       for e in entries]
+            return {"content": content, "refusal": None}
+        offsets, offset = [], 0
+        for e in entries:
+            offsets.append(offset)
+            offset += len(e.token)
+        return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [dict(e.top) for e in entries], "text_offset": offsets}
 
     @staticmethod
     def usage(ctx: RequestContext) -> dict[str, int]:
