@@ -72,7 +72,7 @@ def validation_error(errors: Any) -> APIError:
         return APIError(400, f"Unrecognized request argument supplied: {param}", param=param,
                         code="unknown_parameter")
     message = str(cause) if cause is not None else first.get("msg", "")
-    code = "unsupported_parameter" if getattr(cause, "param", None) else "invalid_value"
+    code = getattr(cause, "code", "invalid_value")
     return APIError(400, f"Invalid value for '{param}': {message}" if param else message, param=param or None,
                     code=code)
 

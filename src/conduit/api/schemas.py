@@ -133,7 +133,7 @@ class ChatCompletionRequest(_Sampled):
     @model_validator(mode="after")
     def _chat_not_yet_supported(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
+            raise ParamError("top_logprobs", "top_logprobs needs logprobs: true")
         if self.tools:
             raise _Unsupported("tools")
         if self.response_format is not None and self.response_format.type != "text":
@@ -186,12 +186,23 @@ class CompletionRequest(_Sampled):
         return GenerateRequest(model=self.model, sampling=self.sampling(self.max_tokens, self.logprobs), prompt=prompt)
 
 
-class _Unsupported(ValueError):
-    """A valid OpenAI parameter this server does not implement yet (a 400 naming it)."""
+class ParamError(ValueError):
+    """A check across fields that still blames one parameter (a 400 naming it)."""
+
+    code = "invalid_value"
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class _Unsupported(ParamError):
+    """A valid OpenAI parameter this server does not implement yet."""
+
+    code = "unsupported_parameter"
 
     def __init__(self, param: str) -> None:
-        super().__init__(f"'{param}' is not supported by this server yet")
-        self.param = param
+        super().__init__(param, f"'{param}' is not supported by this server yet")
 
 
 class CreateKeyRequest(_Strict):
