@@ -48,7 +48,7 @@ def serve(
     if port is not None:
         settings.server.port = port
     logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    key, key_file = ensure_admin_key(
+    _, key_file = ensure_admin_key(
         settings.admin_key.get_secret_value() if settings.admin_key else None, settings.data_dir
     )
     _print_welcome(settings, key_file)
@@ -84,7 +84,7 @@ def _print_welcome(settings: Settings, key_file: os.PathLike | None) -> None:
     )
 
 
-def _client(base_url: str, api_key: str | None):  # noqa: ANN202 - openai.OpenAI
+def _client(base_url: str, api_key: str | None):
     from openai import OpenAI
 
     from conduit.gateway.auth import ADMIN_KEY_FILE
@@ -163,7 +163,7 @@ def models(base_url: BaseUrl = "http://127.0.0.1:8000/v1", api_key: ApiKey = Non
         raise typer.Exit(1) from None
 
 
-def _key_store():  # noqa: ANN202 - KeyStore
+def _key_store():
     from conduit.store.db import Database
     from conduit.store.keys import KeyStore
 

@@ -25,7 +25,7 @@ class UpstreamError(APIError):
     """An upstream failure. `retryable`: worth another attempt (elsewhere or later)."""
 
     def __init__(self, status: int, message: str, retryable: bool, code: str = "upstream_error",
-                 retry_after: float | None = None, type: str = "upstream_error") -> None:  # noqa: A002
+                 retry_after: float | None = None, type: str = "upstream_error") -> None:
         super().__init__(status, message, type, code=code)
         self.retryable = retryable
         self.retry_after = retry_after

@@ -27,13 +27,13 @@ from conduit.routing.dispatch import Dispatcher
 CUES = {
     "code": re.compile(
         r"```|\bdef \w+\(|\bclass \w+|#include|\bfunction\s*\w*\(|=>|\bSELECT\b[\s\S]+\bFROM\b|Traceback"
-        r"|\b(refactor|debug|stack trace|segfault|compile error|regex|python|javascript|rust|sql)\b", re.I),
+        r"|\b(refactor|debug|stack trace|segfault|compile error|regex|python|javascript|rust|sql)\b", re.IGNORECASE),
     "math": re.compile(
         r"\d+\s*[-+*/^]\s*\d+\s*=|\\frac|\\int|\b(prove|proof|integral|derivative|equation|theorem"
-        r"|solve for|probability|eigen\w*|matrix|polynomial)\b", re.I),
+        r"|solve for|probability|eigen\w*|matrix|polynomial)\b", re.IGNORECASE),
     "reasoning": re.compile(
         r"\b(step[- ]by[- ]step|explain why|analy[sz]e|compare|trade-?offs?|pros and cons|justify"
-        r"|design an?|evaluate|critique|what would happen if)\b", re.I),
+        r"|design an?|evaluate|critique|what would happen if)\b", re.IGNORECASE),
 }
 log = logging.getLogger(__name__)
 SELF_CHECK = ("Question:\n{question}\n\nProposed answer:\n{answer}\n\n"

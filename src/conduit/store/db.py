@@ -47,7 +47,7 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DB-API object
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers (API) and the batch writer work at once; NORMAL is durable in WAL mode
     # across process crashes (only an OS crash can lose the last transactions).
