@@ -173,6 +173,18 @@ class RouterSettings(BaseModel):
         return self
 
 
+class ExactCacheSettings(BaseModel):
+    enabled: bool = True
+    max_entries: int = Field(10_000, ge=1, description="Least recently used entries go first.")
+    ttl_s: float = Field(3600.0, gt=0)
+    only_deterministic: bool = Field(True, description="Cache only temperature-0 or seeded requests.")
+
+
+class CacheSettings(BaseModel):
+    exact: ExactCacheSettings = ExactCacheSettings()
+    deduplicate: bool = Field(True, description="Identical concurrent cacheable requests share one generation.")
+
+
 class TenantSettings(BaseModel):
     name: str = Field(description="The tenant's name, as given to `conduit keys create --tenant`.")
     models: list[str] | None = Field(None, description="Models its keys may use; default: all.")
@@ -194,6 +206,7 @@ class Settings(BaseSettings):
     request_log: RequestLogSettings = RequestLogSettings()
     tenants: list[TenantSettings] = Field(default_factory=list)
     router: RouterSettings | None = None
+    cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

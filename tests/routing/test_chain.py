@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import ServerProcess
-from tests.routing.conftest import start_gateway
+from tests.conftest import start_gateway
 
 
 def test_gateway_in_front_of_engine_server(server: ServerProcess, tmp_path: Path) -> None:

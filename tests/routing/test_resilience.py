@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.routing.conftest import FakeUpstream, start_gateway, upstream
+from tests.conftest import FakeUpstream, start_gateway, upstream
 
 FAST = {"connect_s": 2, "first_token_s": 1, "between_tokens_s": 1, "total_s": 10}
 RETRY = {"attempts": 3, "backoff_base_s": 0.05, "backoff_max_s": 0.5}

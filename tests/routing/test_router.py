@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.routing.conftest import FakeUpstream, start_gateway, upstream
+from tests.conftest import FakeUpstream, start_gateway, upstream
 
 CODE = "Please debug this Python function: def add(a, b): return a - b"
 GREETING = "Hi there, how are you today?"

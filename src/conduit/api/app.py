@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.started_at = int(time.time())
         app.state.keys = keys
         app.state.auth = Authenticator(admin_key, keys)
-        app.state.pipeline = Pipeline(registry, router)
+        app.state.pipeline = Pipeline(registry, router, settings.cache)
         app.state.request_log = RequestLogWriter(
             db, settings.request_log.batch_size, settings.request_log.flush_interval_s
         )

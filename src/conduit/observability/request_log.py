@@ -39,6 +39,7 @@ class RequestRecord:
     deployment: str | None = None
     route: str | None = None
     attempts: int | None = None
+    cache: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

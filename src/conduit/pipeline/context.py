@@ -30,6 +30,8 @@ class RequestContext:
     route: list[str] = field(default_factory=list)  # why this model: "direct", "rules:code", "fallback:x"
     attempts: list[str] = field(default_factory=list)  # "deployment:outcome" per try
     deployment: str | None = None  # the one that answered
+    cache_control: str | None = None  # the client's x-conduit-cache: no-cache | no-store
+    cache: str = "miss"  # what the cache stage did: hit | miss
 
     def note_route(self, reason: str) -> None:
         self.route.append(reason)
@@ -66,4 +68,5 @@ class RequestContext:
             deployment=self.deployment,
             route=",".join(self.route) or None,
             attempts=len(self.attempts) or None,
+            cache=self.cache if self.prompt_tokens is not None else None,
         )

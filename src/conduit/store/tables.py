@@ -59,3 +59,4 @@ class RequestLog(Base):
     deployment: Mapped[str | None] = mapped_column(String(200))
     route: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int | None] = mapped_column(Integer)
+    cache: Mapped[str | None] = mapped_column(String(16))

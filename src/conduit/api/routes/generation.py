@@ -54,6 +54,7 @@ async def _respond(
 ) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     log = request.app.state.request_log
+    ctx.cache_control = _cache_control(request)
     deltas = _generate_all(pipeline, ctx, requests, stream)
     try:
         if not stream:
@@ -73,9 +74,19 @@ async def _respond(
 
 
 def _route_headers(ctx: RequestContext) -> dict[str, str]:
-    """Which model answered, why, and after how many tries."""
+    """Which model answered, why, after how many tries, and whether the cache did."""
     return {"x-conduit-model": ctx.model or "", "x-conduit-route": ",".join(ctx.route),
-            "x-conduit-attempts": str(len(ctx.attempts))}
+            "x-conduit-attempts": str(len(ctx.attempts)), "x-conduit-cache": ctx.cache}
+
+
+def _cache_control(request: Request) -> str | None:
+    value = request.headers.get("x-conduit-cache")
+    if value is None:
+        return None
+    if value not in ("no-cache", "no-store"):
+        raise APIError(400, "The x-conduit-cache header takes 'no-cache' or 'no-store'.",
+                       param="x-conduit-cache", code="invalid_header")
+    return value
 
 
 async def _generate_all(

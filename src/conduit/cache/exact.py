@@ -1,0 +1,70 @@
+"""The exact cache: a finished answer, replayed for the same normalised request.
+
+The key covers everything that can change an answer: the tenant (tenants never share entries),
+the model asked for, the messages or prompt, every sampling parameter and whether the answer is
+streamed (a stream and a plain answer differ in how failures surface). By default only
+deterministic requests are cached: temperature 0, or a fixed seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+from conduit.backends import Delta, GenerateRequest
+
+
+def is_deterministic(request: GenerateRequest) -> bool:
+    return request.sampling.temperature == 0 or request.sampling.seed is not None
+
+
+def cache_key(tenant_id: str | None, request: GenerateRequest, stream: bool) -> str:
+    normalised = {
+        "tenant": tenant_id,
+        "model": request.model,
+        "messages": request.messages,
+        "prompt": request.prompt,
+        "sampling": asdict(request.sampling),
+        "logprobs": request.logprobs,
+        "stream": stream,
+    }
+    blob = json.dumps(normalised, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    deltas: tuple[Delta, ...]
+    model: str | None  # the model that produced it (after routing and fallbacks)
+
+
+class ExactCache:
+    """In-process LRU with a TTL per entry. (A Redis store for several gateways comes with limits.)"""
+
+    def __init__(self, max_entries: int, ttl_s: float) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[str, tuple[float, CachedAnswer]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> CachedAnswer | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires, answer = found
+        if expires <= time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return answer
+
+    def put(self, key: str, answer: CachedAnswer) -> None:
+        self._entries[key] = (time.monotonic() + self.ttl_s, answer)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
