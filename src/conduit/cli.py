@@ -222,6 +222,52 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_..
     console.print(f"Revoked {key.id} (tenant '{key.tenant}').", highlight=False)
 
 
+@app.command("usage")
+def usage_report(
+    group_by: Annotated[str, typer.Option(help="Comma-separated: tenant, key, model, day.")] = "tenant,model,day",
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this ISO date or date-time on.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Requests, tokens and cost from the request log."""
+    from datetime import datetime
+
+    from sqlalchemy import select
+
+    from conduit.store.db import Database
+    from conduit.store.tables import Tenant
+    from conduit.store.usage import usage
+
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    if not groups or any(g not in ("tenant", "key", "model", "day") for g in groups):
+        err.print("[red]error:[/red] --group-by takes tenant, key, model, day")
+        raise typer.Exit(2)
+    try:
+        start = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        err.print(f"[red]error:[/red] '{since}' is not an ISO date")
+        raise typer.Exit(2) from None
+    db = Database(_settings().resolved_database_url)
+    db.migrate()
+    tenant_id = None
+    if tenant is not None:
+        with db.session() as session:
+            tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == tenant))
+        if tenant_id is None:
+            err.print(f"[red]error:[/red] no tenant named '{tenant}'")
+            raise typer.Exit(1)
+    rows = usage(db, groups, tenant_id, start)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps([{**r.group, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
+                           "completion_tokens": r.completion_tokens, "cost_usd": r.cost_usd} for r in rows], indent=2))
+        return
+    table = Table(*groups, "requests", "prompt tokens", "completion tokens", "cost $")
+    for r in rows:
+        table.add_row(*(r.group[g] or "" for g in groups), str(r.requests), str(r.prompt_tokens),
+                      str(r.completion_tokens), f"{r.cost_usd:.6f}")
+    console.print(table)
+
+
 @config_app.command("show")
 def config_show() -> None:
     """Print the effective configuration (file + environment + defaults), secrets masked."""

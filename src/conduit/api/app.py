@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
-from conduit.api.routes import admin, generation, models
+from conduit.api.routes import admin, generation, models, usage
 from conduit.config import Settings
 from conduit.gateway.auth import Authenticator, ensure_admin_key
 from conduit.observability.request_log import RequestLogWriter
@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
         registry = Registry(settings)
         router = Router(settings.router) if settings.router else None
         app.state.settings = settings
+        app.state.db = db
         app.state.started_at = int(time.time())
         app.state.keys = keys
         app.state.auth = Authenticator(admin_key, keys)
@@ -67,6 +68,6 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Conduit", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.server.max_body_bytes)
-    for module in (models, generation, admin):
+    for module in (models, generation, admin, usage):
         app.include_router(module.router)
     return app

@@ -60,6 +60,7 @@ class Delta:
     logprobs: tuple[float, ...] = ()  # of this delta's tokens, when asked for and available
     index: int = 0
     token_logprobs: tuple[TokenLogprob, ...] = ()  # OpenAI-format detail, when top_logprobs is set
+    cached_prompt_tokens: int = 0  # of prompt_tokens, how many the backend served from its prefix cache
 
 
 class Backend(Protocol):

@@ -180,7 +180,7 @@ async def _sse_events(response: httpx.Response, first_s: float, between_s: float
 
 
 async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta]:
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached = 0
     finish: dict[int, str | None] = {}
     async for data in events:
         if data == "[DONE]":
@@ -198,6 +198,7 @@ async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta
         if usage := chunk.get("usage"):
             prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
             completion_tokens = usage.get("completion_tokens", completion_tokens)
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         for choice in chunk.get("choices") or []:
             index = choice.get("index", 0)
             text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
@@ -212,7 +213,7 @@ async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta
                             "upstream_disconnected")
     # Finish last, after the usage chunk that follows the finish reasons, so the counts are final.
     for index, reason in sorted(finish.items()):
-        yield Delta("", prompt_tokens, completion_tokens, reason, index=index)
+        yield Delta("", prompt_tokens, completion_tokens, reason, index=index, cached_prompt_tokens=cached)
 
 
 def _token_logprobs(raw: Any, chat: bool) -> tuple[TokenLogprob, ...]:

@@ -40,6 +40,8 @@ class RequestRecord:
     route: str | None = None
     attempts: int | None = None
     cache: str | None = None
+    cached_tokens: int | None = None
+    cost_usd: float | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from conduit.backends import Delta
+from conduit.config import Prices
 from conduit.gateway.auth import Principal
 from conduit.observability.request_log import RequestRecord
 
@@ -32,6 +33,8 @@ class RequestContext:
     deployment: str | None = None  # the one that answered
     cache_control: str | None = None  # the client's x-conduit-cache: no-cache | no-store
     cache: str = "miss"  # what the cache stage did: hit | miss
+    prices: Prices | None = None  # of the model that answered
+    cached_tokens: int = 0
 
     def note_route(self, reason: str) -> None:
         self.route.append(reason)
@@ -41,8 +44,19 @@ class RequestContext:
             self.first_token_at = time.perf_counter()
         self.prompt_tokens = delta.prompt_tokens
         self.completion_tokens = delta.completion_tokens
+        self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
+
+    @property
+    def cost_usd(self) -> float:
+        """What the answer cost at the answering model's prices. Nothing for cache hits and for
+        requests that rode along on another's generation: no model ran for them."""
+        if self.prices is None or self.cache == "hit" or "deduplicated" in self.route:
+            return 0.0
+        fresh = (self.prompt_tokens or 0) - self.cached_tokens
+        p = self.prices
+        return (fresh * p.input + self.cached_tokens * p.cached_input + self.completion_tokens * p.output) / 1e6
 
     def record(
         self, status: str, http_status: int, error_type: str | None = None, error_id: str | None = None
@@ -69,4 +83,6 @@ class RequestContext:
             route=",".join(self.route) or None,
             attempts=len(self.attempts) or None,
             cache=self.cache if self.prompt_tokens is not None else None,
+            cached_tokens=self.cached_tokens if self.prompt_tokens is not None else None,
+            cost_usd=self.cost_usd if self.prompt_tokens is not None else None,
         )

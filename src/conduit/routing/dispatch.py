@@ -108,6 +108,7 @@ class Dispatcher:
         held: list[Delta] = []
         verdict = False
         ctx.model, ctx.deployment = request.model, handle.id
+        ctx.prices = self.registry.groups[request.model].settings.prices
         # Counted when it starts: a stream's headers go out at its first token, mid-attempt.
         attempt = len(ctx.attempts)
         ctx.attempts.append(f"{handle.id}:running")

@@ -60,3 +60,5 @@ class RequestLog(Base):
     route: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int | None] = mapped_column(Integer)
     cache: Mapped[str | None] = mapped_column(String(16))
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
