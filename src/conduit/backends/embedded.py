@@ -1,125 +1,112 @@
-"""The embedded engine as a Backend: the model runs in a worker thread, off the event loop.
-
-One generation runs at a time, in arrival order. (The engine issue replaces this thread with
-its own process and continuous batching; the Backend interface stays the same.)
+"""The embedded engine as a Backend: the engine core runs in its own process (continuous
+batching over a paged KV cache); this side tokenizes, checks the context length, and streams
+the engine's outputs as Deltas. Closing a generation early aborts it in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
-import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
-from conduit.backends.base import Delta, GenerateRequest
+from conduit.backends.base import Delta, GenerateRequest, TokenLogprob
 from conduit.config import Deployment
-from conduit.engine import LLM, ContextLengthExceeded, SamplingParams
+from conduit.engine import SamplingParams, Tokenizer
+from conduit.engine.async_engine import AsyncEngine, EngineArgs
+from conduit.engine.core import EngineConfig
+from conduit.engine.gguf_loader import GGUFModelFile, resolve_model_path
 from conduit.errors import APIError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _Job:
-    prompt_ids: list[int]
-    params: SamplingParams
-    loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-_DONE = object()
 
 
 class EmbeddedBackend:
     def __init__(self, model: str, settings: Deployment) -> None:
         self.model = model
         self._settings = settings
-        self._llm: LLM | None = None
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._worker: threading.Thread | None = None
+        self.engine: AsyncEngine | None = None
+        self.tokenizer: Tokenizer | None = None
         self.max_model_len = 0
 
     @property
     def ready(self) -> bool:
-        return self._llm is not None
+        return self.engine is not None
 
-    @property
-    def llm(self) -> LLM:
-        if self._llm is None:
+    def _engine(self) -> AsyncEngine:
+        if self.engine is None:
             raise APIError(503, f"Model '{self.model}' is still loading.", "service_unavailable",
                            code="model_loading", headers={"Retry-After": "5"})
-        return self._llm
+        return self.engine
 
     async def start(self) -> None:
-        """Load the model (seconds) in a thread, then start the worker."""
-        s = self._settings
-        llm = await asyncio.to_thread(LLM, s.source, dtype=s.dtype, max_model_len=s.max_model_len)
-        self.max_model_len = llm.max_model_len
-        self._llm = llm
-        self._worker = threading.Thread(target=self._work, name=f"engine-{self.model}", daemon=True)
-        self._worker.start()
-        log.info("model %s loaded from %s (context %d)", self.model, s.source, llm.max_model_len)
+        """Start the engine process and wait for its model to load (seconds)."""
+        s, e = self._settings, self._settings.engine
+        config = EngineConfig(
+            block_size=e.block_size, kv_cache_memory_gb=e.kv_cache_memory_gb,
+            max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
+            enable_prefix_caching=e.enable_prefix_caching,
+            enable_chunked_prefill=e.enable_chunked_prefill,
+        )
+        engine = AsyncEngine(EngineArgs(source=s.source, dtype=s.dtype,
+                                        max_model_len=s.max_model_len,
+                                        load_format=s.load_format, config=config))
+        tokenizer_source = "smollm2" if s.load_format == "dummy" else s.source
+        self.tokenizer, _ = await asyncio.gather(
+            asyncio.to_thread(lambda: Tokenizer(GGUFModelFile(resolve_model_path(tokenizer_source)))),
+            engine.start(),
+        )
+        self.max_model_len = engine.max_model_len
+        self.engine = engine
+        log.info("model %s loaded from %s (context %d)", self.model, s.source, self.max_model_len)
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._jobs.put(None)
-            await asyncio.to_thread(self._worker.join)
+        if self.engine is not None:
+            await self.engine.close()
 
     def count_tokens(self, request: GenerateRequest) -> int:
         return len(self._encode(request))
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
-        llm = self.llm
+        engine = self._engine()
         prompt_ids = await asyncio.to_thread(self._encode, request)
-        if len(prompt_ids) + 1 > llm.max_model_len:
-            raise _context_error(len(prompt_ids), llm.max_model_len)
+        if len(prompt_ids) + 1 > self.max_model_len:
+            raise _context_error(len(prompt_ids), self.max_model_len)
         s = request.sampling
+        want_logprobs = request.logprobs or s.top_logprobs is not None
         params = SamplingParams(
-            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, seed=s.seed,
-            max_tokens=s.max_tokens or llm.max_model_len, stop=list(s.stop),
+            temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p, seed=s.seed,
+            max_tokens=s.max_tokens or self.max_model_len, stop=list(s.stop),
+            stop_token_ids=list(s.stop_token_ids), presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty, repetition_penalty=s.repetition_penalty,
+            logit_bias=dict(s.logit_bias), n=s.n,
+            logprobs=(s.top_logprobs or 0) if want_logprobs else None,
         )
-        job = _Job(prompt_ids, params, asyncio.get_running_loop(), asyncio.Queue())
-        self._jobs.put(job)
         completion_tokens = 0
+        outputs = engine.generate(prompt_ids, params)
         try:
-            while True:
-                item = await job.out.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                completion_tokens += len(item.token_ids)
-                yield Delta(item.text, len(prompt_ids), completion_tokens, item.finish_reason)
+            async for out in outputs:
+                completion_tokens += len(out.token_ids)
+                yield Delta(
+                    out.text, len(prompt_ids), completion_tokens, out.finish_reason,
+                    logprobs=tuple(lp.logprob for lp in out.logprobs),
+                    index=out.index,
+                    token_logprobs=tuple(TokenLogprob(lp.token, lp.logprob, lp.bytes, lp.top)
+                                         for lp in out.logprobs)
+                    if s.top_logprobs is not None else (),
+                )
         finally:
-            # Runs on normal end, on error, and when the consumer goes away (aclose/cancel):
-            # the worker checks this flag before every decode step.
-            job.cancelled.set()
+            await outputs.aclose()  # aborts the request in the engine if it is unfinished
 
     def _encode(self, request: GenerateRequest) -> list[int]:
-        tokenizer = self.llm.tokenizer
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            self._engine()  # raises "still loading"
         if request.messages is not None:
             text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
             return tokenizer.encode(text)
         if isinstance(request.prompt, list):
             return list(request.prompt)
         return tokenizer.encode(request.prompt or "")
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                continue
-            emit = lambda item, job=job: job.loop.call_soon_threadsafe(job.out.put_nowait, item)  # noqa: E731
-            try:
-                for delta in self.llm.stream(job.prompt_ids, job.params, should_stop=job.cancelled.is_set):
-                    emit(delta)
-            except ContextLengthExceeded as exc:
-                emit(_context_error(exc.prompt_tokens, exc.max_model_len))
-            except Exception as exc:  # surfaced to the request as a 500 with an error id
-                emit(exc)
-            emit(_DONE)
 
 
 def _context_error(prompt_tokens: int, limit: int) -> APIError:

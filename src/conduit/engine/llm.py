@@ -8,14 +8,11 @@ from typing import Literal
 
 import torch
 
-from conduit.engine.gguf_loader import GGUFModelFile, ModelConfig, resolve_model_path
-from conduit.engine.model import LlamaModel, int4_kernel_available
+from conduit.engine.gguf_loader import ModelConfig
+from conduit.engine.loader import auto_dtype, load_model  # noqa: F401 (auto_dtype: re-export)
 from conduit.engine.sampling import SamplingParams, make_generator, sample
-from conduit.engine.tokenizer import Tokenizer
 
 FinishReason = Literal["stop", "length", "abort"]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class ContextLengthExceeded(ValueError):
@@ -43,18 +40,6 @@ class StreamDelta:
     finish_reason: FinishReason | None = None
 
 
-def auto_dtype() -> str:
-    # Measured on a 2-core AVX512-BF16 EPYC: bfloat16 decodes ~3x faster than float32 (77 vs
-    # 24 tok/s with 4-bit weights; 41 dense), prefill ~1.6x. Without native bf16 math the
-    # casts would cost more than the halved bytes save, so stay float32 there.
-    cpu = torch.cpu
-    native_bf16 = any(
-        getattr(cpu, check, lambda: False)()
-        for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    )
-    return "bfloat16" if native_bf16 else "float32"
-
-
 class LLM:
     """Single-stream generation.
 
@@ -71,35 +56,19 @@ class LLM:
         max_model_len: int | None = None,
         num_threads: int | None = None,
         quantization: str = "auto",
+        load_format: str = "gguf",
     ):
         if num_threads:
             torch.set_num_threads(num_threads)
-        dtype = auto_dtype() if dtype == "auto" else dtype
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
-        if quantization not in ("auto", "int4", "none"):
-            raise ValueError(f"quantization must be 'auto', 'int4' or 'none', got {quantization!r}")
-        file = GGUFModelFile(resolve_model_path(model))
-        self.config: ModelConfig = file.config
-        self.model_name = file.model_name
-        limit = self.config.context_length
-        if max_model_len is not None and not 1 < max_model_len <= limit:
-            raise ValueError(
-                f"max_model_len must be in 2..{limit} for this model, got {max_model_len}"
-            )
-        self.max_model_len = max_model_len or limit
-        self.dtype = dtype
-        if quantization == "int4" and (dtype != "bfloat16" or not int4_kernel_available()):
-            raise ValueError("quantization 'int4' needs dtype bfloat16 and torch's CPU int4 kernel")
-        if quantization == "auto":
-            int4 = dtype == "bfloat16" and int4_kernel_available()
-            quantization = "int4+dense" if int4 else "none"
-        self.quantization = quantization
-        self.tokenizer = Tokenizer(file)
-        self.model = LlamaModel(
-            file, _DTYPES[dtype], quantization, max_positions=self.max_model_len
-        )
-        del file  # weights are copied out; drop the memory map
+        loaded = load_model(model, dtype, max_model_len, quantization, load_format)
+        self.config: ModelConfig = loaded.model.config
+        self.model_name = loaded.name
+        self.max_model_len = loaded.max_model_len
+        self.dtype = loaded.dtype
+        self.quantization = loaded.quantization
+        self.tokenizer = loaded.tokenizer
+        self.model = loaded.model
+        self.loaded = loaded
         self._warm_up()
 
     def generate(

@@ -157,11 +157,17 @@ class LlamaModel:
 
     @torch.inference_mode()
     def forward(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, kv: KVCache
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv: KVCache,
+        logits_indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids/positions [T] -> float32 logits [vocab] of the last token.
+        """input_ids/positions [T] -> float32 logits [vocab] of the last token, or
+        [len(logits_indices), vocab] of those rows (a packed batch samples several).
 
-        The caller has reserved T slots in `kv`; keys/values of these tokens are written there.
+        The caller has reserved T slots in `kv` (anything with `attend`: one sequence's
+        KVCache, or a PagedKVCache prepared for a batch); the tokens' keys/values go there.
         """
         c, eps, dtype = self.config, self.config.rms_norm_eps, self.dtype
         num_tokens = input_ids.shape[0]
@@ -183,9 +189,12 @@ class LlamaModel:
             x = F.rms_norm(hidden, layer.ffn_norm.shape, layer.ffn_norm, eps)
             gate, up = layer.gate_up(x.to(dtype)).chunk(2, dim=-1)
             hidden = hidden + layer.down(F.silu(gate) * up)
-        # Only the last position's logits are ever sampled from.
-        last = F.rms_norm(hidden[-1:], self.norm.shape, self.norm, eps)
-        return self.lm_head(last.to(dtype))[0].float()
+        # Only the positions sampled from need the (large) vocabulary projection.
+        if logits_indices is not None and logits_indices.numel() == 0:
+            return torch.empty(0, c.vocab_size)
+        rows = hidden[-1:] if logits_indices is None else hidden[logits_indices]
+        logits = self.lm_head(F.rms_norm(rows, self.norm.shape, self.norm, eps).to(dtype)).float()
+        return logits[0] if logits_indices is None else logits
 
 
 def _rope_tables(c: ModelConfig, max_positions: int, factors: torch.Tensor | None):
