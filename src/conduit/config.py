@@ -48,14 +48,12 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kv_cache_memory_gb: float = Field(1.0, gt=0, description="CPU: memory for the paged KV cache.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="CUDA: share of free memory for the cache.")
+    kv_cache_memory_gb: float = Field(1.0, gt=0, description="Memory for the paged KV cache.")
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
     max_num_seqs: int = Field(32, ge=1, description="Sequences running at once, at most.")
     max_num_batched_tokens: int = Field(512, ge=16, description="Tokens per engine step (the chunked-prefill budget).")
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class Deployment(BaseModel):

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
-from conduit.api.routes import admin, generation, models, usage
+from conduit.api.routes import admin, generation, metrics, models, usage
 from conduit.config import Settings
 from conduit.gateway.auth import Authenticator, ensure_admin_key
 from conduit.observability.request_log import RequestLogWriter
@@ -68,6 +68,6 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Conduit", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.server.max_body_bytes)
-    for module in (models, generation, admin, usage):
+    for module in (models, generation, admin, usage, metrics):
         app.include_router(module.router)
     return app

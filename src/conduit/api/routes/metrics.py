@@ -1,0 +1,30 @@
+"""GET /metrics: the embedded engines' metrics in Prometheus text format."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from conduit.backends.embedded import EmbeddedBackend
+from conduit.observability.engine_metrics import EngineCollector
+
+router = APIRouter()
+
+
+def _engines(app):
+    pipeline = getattr(app.state, "pipeline", None)
+    if pipeline is None:
+        return
+    for name, group in pipeline.registry.groups.items():
+        for deployment in group.deployments:
+            backend = deployment.backend
+            if isinstance(backend, EmbeddedBackend) and backend.engine is not None:
+                yield name, backend.engine
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(lambda: list(_engines(request.app))))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
