@@ -74,11 +74,9 @@ def _print_welcome(settings: Settings, key_file: os.PathLike | None) -> None:
         f"-d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
         highlight=False, soft_wrap=True,
     )
+    py_key = f"open('{key_file}').read().strip()" if key_file else "os.environ['CONDUIT_ADMIN_KEY']"
     console.print(
-        f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key=open('{key_file}').read().strip()); "
-        f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\""
-        if key_file else
-        f"  python -c \"import os; from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key=os.environ['CONDUIT_ADMIN_KEY']); "
+        f"  python -c \"import os; from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key={py_key}); "
         f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\"",
         highlight=False, soft_wrap=True,
     )

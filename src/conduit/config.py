@@ -243,9 +243,6 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'conduit.db').resolve()}"
 
-    def model(self, name: str) -> ModelSettings | None:
-        return next((m for m in self.models if m.name == name), None)
-
     def redacted(self) -> dict[str, Any]:
         """The effective configuration with secrets masked, for `conduit config show`."""
         data = self.model_dump(mode="json")

@@ -63,9 +63,6 @@ class EmbeddedBackend:
         if self.engine is not None:
             await self.engine.close()
 
-    def count_tokens(self, request: GenerateRequest) -> int:
-        return len(self._encode(request))
-
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         engine = self._engine()
         prompt_ids = await asyncio.to_thread(self._encode, request)
@@ -99,8 +96,7 @@ class EmbeddedBackend:
 
     def _encode(self, request: GenerateRequest) -> list[int]:
         tokenizer = self.tokenizer
-        if tokenizer is None:
-            self._engine()  # raises "still loading"
+        assert tokenizer is not None  # set in start() together with the engine generate() checked
         if request.messages is not None:
             text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True)
             return tokenizer.encode(text)

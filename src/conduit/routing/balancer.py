@@ -62,7 +62,9 @@ def _two_by_weight(candidates: Sequence[Candidate]) -> tuple[Candidate, Candidat
     return first, second
 
 
-BALANCERS = {
+Balancer = LeastOutstanding | PowerOfTwoEwma | WeightedRoundRobin
+
+BALANCERS: dict[str, type[Balancer]] = {
     "least_outstanding": LeastOutstanding,
     "p2c_ewma": PowerOfTwoEwma,
     "weighted_round_robin": WeightedRoundRobin,

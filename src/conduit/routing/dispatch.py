@@ -54,7 +54,6 @@ class Dispatcher:
             try:
                 async for delta in self._on_model(ctx, group, replace(request, model=group.name), stream, deadline):
                     yield delta
-                ctx.model = group.name
                 return
             except APIError as exc:
                 last_error = exc

@@ -18,7 +18,7 @@ from conduit.backends.openai_compat import OpenAICompatBackend
 from conduit.config import Deployment, ModelSettings, Settings
 from conduit.errors import APIError
 from conduit.gateway.auth import Principal
-from conduit.routing.balancer import BALANCERS
+from conduit.routing.balancer import BALANCERS, Balancer
 from conduit.routing.health import BreakerState, CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class DeploymentHandle:
 class ModelGroup:
     settings: ModelSettings
     deployments: list[DeploymentHandle]
-    balancer: object = field(default=None)
+    balancer: Balancer = field(init=False)
 
     def __post_init__(self) -> None:
         self.balancer = BALANCERS[self.settings.balancer]()
@@ -87,16 +87,11 @@ class ModelGroup:
     def name(self) -> str:
         return self.settings.name
 
-    @property
-    def context_length(self) -> int:
-        lengths = [d.backend.max_model_len for d in self.deployments if d.backend.max_model_len]
-        return min(lengths) if lengths else 0
-
-    def pick(self, exclude: set[str] = frozenset()) -> DeploymentHandle | None:  # type: ignore[assignment]
+    def pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> DeploymentHandle | None:
         """A usable deployment by the group's balancer, preferring ones not just tried."""
         usable = [d for d in self.deployments if d.usable()]
         fresh = [d for d in usable if d.id not in exclude] or usable
-        return self.balancer.pick(fresh) if fresh else None  # type: ignore[attr-defined]
+        return self.balancer.pick(fresh) if fresh else None  # type: ignore[return-value]
 
     def state(self) -> str:
         if all(d.load_error for d in self.deployments):
