@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test install install-test bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install install-test redis-server bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +29,12 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/conduit serve
 
-test: install-test
+# The tests of limits shared by several gateways start their own redis-server (Debian's package).
+redis-server:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+test: install-test redis-server
 	$(PY) -m pytest
 
 bench: install-test

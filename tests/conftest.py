@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -134,6 +135,13 @@ class FakeUpstream:
     def set_mode(self, mode: str) -> None:
         httpx.post(f"http://127.0.0.1:{self.port}/_control", json={"mode": mode}).raise_for_status()
 
+    @classmethod
+    def slow(cls, name: str, delay_s: float) -> FakeUpstream:
+        """One whose every answer waits `delay_s` before its first token."""
+        fake = cls(name, mode="slow_first")
+        httpx.post(f"http://127.0.0.1:{fake.port}/_control", json={"delay_s": delay_s}).raise_for_status()
+        return fake
+
     @property
     def requests(self) -> int:
         return httpx.get(f"http://127.0.0.1:{self.port}/_stats").json()["requests"]
@@ -164,3 +172,36 @@ def upstream(fake: FakeUpstream, fault: str | None = None, **extra) -> dict:
     if fault:
         deployment["upstream_model"] = f"fault:{fault}"
     return {**deployment, **extra}
+
+
+class RedisServer:
+    """A throwaway `redis-server` on a loopback port (Debian's package; `make test` installs it)."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: `make test` installs it (Debian package redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()

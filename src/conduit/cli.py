@@ -175,12 +175,25 @@ def keys_create(
     tenant: Annotated[str, typer.Option(help="The tenant the key belongs to (created if new).")],
     name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
     expires: Annotated[str | None, typer.Option(help="Expiry: YYYY-MM-DD or an ISO date-time.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute, at most.", min=1)] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute, at most.", min=1)] = None,
+    max_concurrent: Annotated[int | None, typer.Option(help="Requests in flight at once, at most.", min=1)] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="Dollars per budget period, at most.", min=0.0)] = None,
+    budget_period: Annotated[str, typer.Option(help="day | week | month (UTC).")] = "month",
 ) -> None:
     """Create a key. Its secret is printed once and stored only as a hash."""
+    from pydantic import ValidationError
+
+    from conduit.config import Budget, Limits
     from conduit.store.keys import parse_expiry
 
     try:
-        key, secret = _key_store().create(tenant, name, parse_expiry(expires) if expires else None)
+        budget = Budget(usd=budget_usd, period=budget_period) if budget_usd else None  # type: ignore[arg-type]
+        limits = Limits(rpm=rpm, tpm=tpm, max_concurrent=max_concurrent)
+        key, secret = _key_store().create(tenant, name, parse_expiry(expires) if expires else None, limits, budget)
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from None
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -209,7 +222,7 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_...).")]) -> None:
-    """Revoke a key: it stops working at once."""
+    """Revoke a key. A running server stops accepting it within gateway.key_cache_ttl_s."""
     from conduit.store.keys import KeyNotFound
 
     try:

@@ -87,6 +87,14 @@ class Deployment(BaseModel):
         return self
 
 
+class QueueSettings(BaseModel):
+    """The admission queue in front of a model's deployments, used once all of them are at
+    `max_in_flight`. Higher priorities leave first; equal ones in arrival order."""
+
+    max_size: int = Field(128, ge=0, description="Requests waiting at most; more get 429.")
+    max_wait_s: float = Field(30.0, gt=0, description="Longest wait for a slot; then 503.")
+
+
 class RetryPolicy(BaseModel):
     attempts: int = Field(3, ge=1, description="Tries per deployment group, the first included.")
     backoff_base_s: float = Field(0.2, ge=0)
@@ -121,6 +129,7 @@ class ModelSettings(BaseModel):
     fallbacks: list[str] = Field(default_factory=list, description="Models tried in order when this one fails.")
     context_fallback: str | None = Field(None, description="Model with a longer context, for long prompts.")
     deadline_s: float = Field(300.0, gt=0, description="Overall limit per request, retries included.")
+    queue: QueueSettings = QueueSettings()
 
     @field_validator("name")
     @classmethod
@@ -178,14 +187,57 @@ class ExactCacheSettings(BaseModel):
     only_deterministic: bool = Field(True, description="Cache only temperature-0 or seeded requests.")
 
 
+class SemanticCacheSettings(BaseModel):
+    enabled: bool = Field(False, description="Answer paraphrases of cached questions (loads the embedding model).")
+    threshold: float | None = Field(None, gt=0, le=1, description="Cosine similarity needed; default: measured.")
+    max_entries: int = Field(10_000, ge=1)
+    ttl_s: float = Field(3600.0, gt=0)
+
+
 class CacheSettings(BaseModel):
+    store: Literal["memory", "redis"] = Field("memory", description="Where exact-cache entries live.")
     exact: ExactCacheSettings = ExactCacheSettings()
+    semantic: SemanticCacheSettings = SemanticCacheSettings()
     deduplicate: bool = Field(True, description="Identical concurrent cacheable requests share one generation.")
 
 
+class Limits(BaseModel):
+    """Per-minute budgets refilled continuously (token buckets) and a cap on concurrent requests.
+    None: no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute.")
+    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    usd: float = Field(gt=0, description="Spending allowed per period, in US dollars.")
+    period: Literal["day", "week", "month"] = Field("month", description="Calendar period, UTC.")
+    soft_fraction: float = Field(0.8, gt=0, le=1, description="Share of the budget that raises a warning.")
+    webhook_url: str | None = Field(None, description="POSTed a JSON event when the warning is raised.")
+
+
 class TenantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(description="The tenant's name, as given to `conduit keys create --tenant`.")
     models: list[str] | None = Field(None, description="Models its keys may use; default: all.")
+    limits: Limits = Field(default_factory=Limits, description="For all of the tenant's keys together.")
+    model_limits: dict[str, Limits] = Field(default_factory=dict, description="Per model, for all its keys.")
+    budget: Budget | None = None
+
+
+class GatewaySettings(BaseModel):
+    limit_store: Literal["memory", "redis"] = Field(
+        "memory", description="'redis': several gateway processes enforce limits and budgets together.")
+    key_cache_ttl_s: float = Field(
+        10.0, ge=0, description="How long a verified key is trusted without the database (revocation delay "
+        "in other processes).")
+    budget_webhook_url: str | None = Field(None, description="Budget warnings of keys are POSTed here.")
 
 
 class RequestLogSettings(BaseModel):
@@ -205,6 +257,8 @@ class Settings(BaseSettings):
     tenants: list[TenantSettings] = Field(default_factory=list)
     router: RouterSettings | None = None
     cache: CacheSettings = CacheSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used where a store is 'redis'.")
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

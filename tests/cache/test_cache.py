@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from conduit.backends import Delta
+from conduit.backends import Delta, TokenLogprob
 from conduit.cache import ExactCache, InflightGroup
 from conduit.cache.exact import CachedAnswer
 from tests.conftest import ServerProcess
@@ -152,10 +152,20 @@ def test_exact_cache_lru_and_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("conduit.cache.exact.time.monotonic", lambda: now[0])
     cache = ExactCache(max_entries=2, ttl_s=10)
     answer = CachedAnswer((Delta("x", 1, 1, "stop"),), "m")
-    cache.put("a", answer)
-    cache.put("b", answer)
-    assert cache.get("a") is answer  # a is now the most recent
-    cache.put("c", answer)
-    assert cache.get("b") is None and cache.get("a") is answer and cache.get("c") is answer
-    now[0] += 10
-    assert cache.get("a") is None and len(cache) == 1
+
+    async def scenario() -> None:
+        await cache.put("a", answer)
+        await cache.put("b", answer)
+        assert await cache.get("a") is answer  # a is now the most recent
+        await cache.put("c", answer)
+        assert await cache.get("b") is None and await cache.get("a") is answer and await cache.get("c") is answer
+        now[0] += 10
+        assert await cache.get("a") is None and len(cache) == 1
+
+    asyncio.run(scenario())
+
+
+def test_cached_answer_survives_json() -> None:
+    detail = TokenLogprob("Hi", -0.5, (72, 105), (("Hi", -0.5), ("Hey", -1.2)))
+    answer = CachedAnswer((Delta("Hi", 3, 1, None, (-0.5,), 0, (detail,), 2), Delta("", 3, 1, "stop")), "m")
+    assert CachedAnswer.from_json(answer.to_json()) == answer

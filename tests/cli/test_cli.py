@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def test_invalid_config_is_a_clear_error(tmp_path: Path) -> None:
     assert "Invalid configuration" in result.stderr and "port" in result.stderr
 
 
+def test_keys_create_with_limits_and_budget(tmp_path: Path) -> None:
+    env = {"CONDUIT_DATA_DIR": str(tmp_path)}
+    created = conduit("keys", "create", "--tenant", "metered", "--rpm", "30", "--max-concurrent", "2",
+                      "--budget-usd", "12.5", "--budget-period", "week", env=env)
+    assert created.returncode == 0, created.stderr
+    listed = yaml.safe_load(conduit("keys", "list", "--json", env=env).stdout)
+    assert listed[0]["limits"] == {"rpm": 30, "tpm": None, "max_concurrent": 2}
+    assert listed[0]["budget"]["usd"] == 12.5 and listed[0]["budget"]["period"] == "week"
+    bad = conduit("keys", "create", "--tenant", "metered", "--budget-usd", "5", "--budget-period", "year", env=env)
+    assert bad.returncode == 2 and "error" in bad.stderr
+
+
 def test_keys_create_list_revoke(server: ServerProcess) -> None:
     env = {"CONDUIT_DATA_DIR": str(server.data_dir)}
     created = conduit("keys", "create", "--tenant", "cli-tenant", "--name", "laptop", "--expires", "2099-01-01",
@@ -64,8 +77,11 @@ def test_keys_create_list_revoke(server: ServerProcess) -> None:
 
     revoked = conduit("keys", "revoke", keys[0]["id"], env=env)
     assert revoked.returncode == 0
-    models = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {secret}"})
-    assert models.status_code == 401
+    # The server trusts a verified key for gateway.key_cache_ttl_s (10 s) without the database.
+    deadline = time.monotonic() + 12
+    while httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {secret}"}).status_code != 401:
+        assert time.monotonic() < deadline, "a key revoked by the CLI still works after the key cache's TTL"
+        time.sleep(0.5)
     assert conduit("keys", "revoke", "key_missing", env=env).returncode == 1
     bad = conduit("keys", "create", "--tenant", "x", "--expires", "yesterday", env=env)
     assert bad.returncode == 2 and "ISO date" in bad.stderr

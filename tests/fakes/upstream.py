@@ -5,6 +5,7 @@
 Modes (also switchable at run time with POST /_control {"mode": ...}, or per request with
 `"model": "fault:<mode>"`): ok, error500, rate429, hang, slow_first, drop_mid, bad_json, bad_sse,
 wrong_type, bad_request, context_too_long. GET /_stats returns how many requests it saw.
+POST /_webhook records a JSON body, GET /_webhooks lists them (a budget webhook's receiver).
 `"hard"` in the last message makes the answer's log-probabilities low (for the cascade).
 """
 
@@ -28,6 +29,7 @@ class State:
     mode = "ok"
     requests = 0
     delay_s = 2.0
+    webhooks: list = []
 
 
 def app(name: str) -> Starlette:
@@ -39,6 +41,13 @@ def app(name: str) -> Starlette:
 
     async def stats(request: Request) -> Response:
         return JSONResponse({"requests": State.requests, "mode": State.mode})
+
+    async def webhook(request: Request) -> Response:
+        State.webhooks.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    async def webhooks(request: Request) -> Response:
+        return JSONResponse(State.webhooks)
 
     async def models(request: Request) -> Response:
         if State.mode in ("error500", "hang"):
@@ -97,6 +106,8 @@ def app(name: str) -> Starlette:
     return Starlette(routes=[
         Route("/_control", control, methods=["POST"]),
         Route("/_stats", stats),
+        Route("/_webhook", webhook, methods=["POST"]),
+        Route("/_webhooks", webhooks),
         Route("/v1/models", models),
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),

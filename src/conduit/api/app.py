@@ -13,19 +13,32 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
 from conduit.api.routes import admin, generation, metrics, models, usage
 from conduit.config import Settings
+from conduit.backends.embeddings import LocalEmbedder
+from conduit.cache import ExactCache
+from conduit.cache.exact import AnswerStore
 from conduit.gateway.auth import Authenticator, ensure_admin_key
+from conduit.gateway.budget import Budgets
+from conduit.gateway.gatekeeper import Gatekeeper
+from conduit.gateway.limit_store import LimitStore, MemoryLimitStore
+from conduit.gateway.limits import Limiter
 from conduit.observability.request_log import RequestLogWriter
 from conduit.pipeline.pipeline import Pipeline
 from conduit.routing.registry import Registry
 from conduit.routing.router import Router
 from conduit.store.db import Database
 from conduit.store.keys import KeyStore
+from conduit.store.redis_cache import RedisExactCache
+from conduit.store.redis_limits import RedisLimitStore
+
+if TYPE_CHECKING:
+    from conduit.cache.semantic import SemanticCache
 
 log = logging.getLogger("conduit")
 
@@ -47,8 +60,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.db = db
         app.state.started_at = int(time.time())
         app.state.keys = keys
-        app.state.auth = Authenticator(admin_key, keys)
-        app.state.pipeline = Pipeline(registry, router, settings.cache)
+        app.state.auth = Authenticator(admin_key, keys, settings.gateway.key_cache_ttl_s)
+        answers = _answer_store(settings)
+        app.state.pipeline = Pipeline(registry, router, settings.cache, answers, _semantic_cache(settings))
+        limit_store = _limit_store(settings)
+        budgets = Budgets(limit_store, db, settings.tenants, settings.gateway.budget_webhook_url, registry.client)
+        app.state.gatekeeper = Gatekeeper(Limiter(limit_store, settings.tenants), budgets)
         app.state.request_log = RequestLogWriter(
             db, settings.request_log.batch_size, settings.request_log.flush_interval_s
         )
@@ -60,7 +77,11 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if training is not None:
                 training.cancel()
+            await budgets.close()
             await registry.close()
+            await limit_store.close()
+            if isinstance(answers, RedisExactCache):
+                await answers.close()
             app.state.request_log.close()
             db.close()
             log.info("stopped; request log flushed")
@@ -71,3 +92,28 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (models, generation, admin, usage, metrics):
         app.include_router(module.router)
     return app
+
+
+def _limit_store(settings: Settings) -> LimitStore:
+    if settings.gateway.limit_store == "redis":
+        return RedisLimitStore(settings.redis_url)
+    return MemoryLimitStore()
+
+
+def _answer_store(settings: Settings) -> AnswerStore | None:
+    exact = settings.cache.exact
+    if not exact.enabled:
+        return None
+    if settings.cache.store == "redis":
+        return RedisExactCache(settings.redis_url, exact.max_entries, exact.ttl_s)
+    return ExactCache(exact.max_entries, exact.ttl_s)
+
+
+def _semantic_cache(settings: Settings) -> SemanticCache | None:
+    semantic = settings.cache.semantic
+    if not semantic.enabled:
+        return None
+    from conduit.cache.semantic import SemanticCache
+
+    options = {"threshold": semantic.threshold} if semantic.threshold is not None else {}
+    return SemanticCache(LocalEmbedder(), max_entries=semantic.max_entries, ttl_s=semantic.ttl_s, **options)

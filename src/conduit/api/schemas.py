@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from conduit.backends import GenerateRequest, Sampling
+from conduit.config import Budget, Limits
 from conduit.store.keys import parse_expiry
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
@@ -209,6 +210,8 @@ class CreateKeyRequest(_Strict):
     tenant: str = Field(min_length=1, max_length=200)
     name: str | None = Field(None, max_length=200)
     expires_at: str | None = Field(None, description="ISO date or date-time; a date means its midnight UTC.")
+    limits: Limits | None = None
+    budget: Budget | None = None
 
     @field_validator("expires_at")
     @classmethod

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from conduit.backends.base import Delta, GenerateRequest, TokenLogprob
+from conduit.backends.base import Delta, GenerateRequest, TokenLogprob, estimate_tokens
 from conduit.config import Deployment
 from conduit.engine import SamplingParams, Tokenizer
 from conduit.engine.async_engine import AsyncEngine, EngineArgs
@@ -93,6 +93,9 @@ class EmbeddedBackend:
                 )
         finally:
             await outputs.aclose()  # aborts the request in the engine if it is unfinished
+
+    def count_tokens(self, request: GenerateRequest) -> int:
+        return len(self._encode(request)) if self.tokenizer is not None else estimate_tokens(request)
 
     def _encode(self, request: GenerateRequest) -> list[int]:
         tokenizer = self.tokenizer

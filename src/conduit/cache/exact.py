@@ -13,8 +13,9 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
-from conduit.backends import Delta, GenerateRequest
+from conduit.backends import Delta, GenerateRequest, TokenLogprob
 
 
 def is_deterministic(request: GenerateRequest) -> bool:
@@ -40,9 +41,30 @@ class CachedAnswer:
     deltas: tuple[Delta, ...]
     model: str | None  # the model that produced it (after routing and fallbacks)
 
+    def to_json(self) -> str:
+        return json.dumps({"model": self.model, "deltas": [asdict(d) for d in self.deltas]}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> CachedAnswer:
+        data = json.loads(text)
+        return cls(tuple(_delta(d) for d in data["deltas"]), data["model"])
+
+
+def _delta(fields: dict[str, Any]) -> Delta:
+    detail = tuple(TokenLogprob(t["token"], t["logprob"], tuple(t["bytes"]), tuple(map(tuple, t["top"])))
+                   for t in fields.pop("token_logprobs"))
+    return Delta(**{**fields, "logprobs": tuple(fields["logprobs"]), "token_logprobs": detail})
+
+
+class AnswerStore(Protocol):
+    async def get(self, key: str) -> CachedAnswer | None: ...
+
+    async def put(self, key: str, answer: CachedAnswer) -> None: ...
+
 
 class ExactCache:
-    """In-process LRU with a TTL per entry. (A Redis store for several gateways comes with limits.)"""
+    """In-process LRU with a TTL per entry. Several gateways share one through Redis instead
+    (`conduit.store.redis_cache`)."""
 
     def __init__(self, max_entries: int, ttl_s: float) -> None:
         self.max_entries = max_entries
@@ -52,7 +74,7 @@ class ExactCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> CachedAnswer | None:
+    async def get(self, key: str) -> CachedAnswer | None:
         found = self._entries.get(key)
         if found is None:
             return None
@@ -63,7 +85,7 @@ class ExactCache:
         self._entries.move_to_end(key)
         return answer
 
-    def put(self, key: str, answer: CachedAnswer) -> None:
+    async def put(self, key: str, answer: CachedAnswer) -> None:
         self._entries[key] = (time.monotonic() + self.ttl_s, answer)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from conduit.config import Budget, Limits
 from conduit.errors import APIError
-from conduit.store.keys import KeyStore
+from conduit.store.keys import KeyInfo, KeyStore
 
 ADMIN_KEY_FILE = "admin_key"
 
@@ -20,6 +23,8 @@ class Principal:
     tenant: str | None
     key_id: str | None
     is_admin: bool = False
+    limits: Limits | None = None  # the key's own limits and budget (the tenant's are in the config)
+    budget: Budget | None = None
 
 
 ADMIN = Principal(tenant_id=None, tenant=None, key_id="admin", is_admin=True)
@@ -45,9 +50,38 @@ def ensure_admin_key(configured: str | None, data_dir: Path) -> tuple[str, Path 
 
 
 class Authenticator:
-    def __init__(self, admin_key: str, keys: KeyStore) -> None:
+    """Checks keys against the store, remembering verified ones for `cache_ttl_s` so that the
+    database stays off the hot path. A key revoked here is forgotten at once; one revoked by
+    another process stops working within `cache_ttl_s`."""
+
+    MAX_CACHED = 100_000
+
+    def __init__(self, admin_key: str, keys: KeyStore, cache_ttl_s: float = 10.0) -> None:
         self._admin_key = admin_key.encode()
         self._keys = keys
+        self._cache_ttl_s = cache_ttl_s
+        self._verified: dict[bytes, tuple[float, KeyInfo]] = {}  # digest -> (until, key)
+
+    def forget(self, key_id: str) -> None:
+        for digest, (_, key) in list(self._verified.items()):
+            if key is not None and key.id == key_id:
+                del self._verified[digest]
+
+    def _lookup(self, presented: str) -> KeyInfo | None:
+        if self._cache_ttl_s <= 0:
+            return self._keys.verify(presented)
+        # Cached under a digest of the whole key, so only the exact secret finds the entry.
+        digest = hashlib.sha256(presented.encode()).digest()
+        now = time.monotonic()
+        cached = self._verified.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = self._keys.verify(presented)
+        if key is not None:  # unknown keys are not cached: garbage must not fill memory
+            if len(self._verified) >= self.MAX_CACHED:
+                self._verified.clear()
+            self._verified[digest] = (now + self._cache_ttl_s, key)
+        return key
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -58,12 +92,13 @@ class Authenticator:
             raise _unauthorized("Malformed Authorization header. Expected 'Bearer <key>'.")
         if hmac.compare_digest(presented.encode(), self._admin_key):
             return ADMIN
-        key = self._keys.verify(presented)
+        key = self._lookup(presented)
         if key is None:
             raise _unauthorized("Incorrect API key provided.")
         if key.status != "active":
             raise _unauthorized(f"This API key has been {key.status}.")
-        return Principal(tenant_id=key.tenant_id, tenant=key.tenant, key_id=key.id)
+        return Principal(tenant_id=key.tenant_id, tenant=key.tenant, key_id=key.id, limits=key.limits,
+                         budget=key.budget)
 
 
 def require_admin(principal: Principal) -> None:

@@ -56,10 +56,10 @@ class EngineCollector(Collector):
             prompt.add_metric(labels, s.prompt_tokens)
             generation.add_metric(labels, s.generation_tokens)
             for family, hist in ((ttft, engine.ttft), (itl, engine.itl), (e2e, engine.e2e)):
-                family.add_metric(labels, _buckets(hist), hist.total)
+                family.add_metric(labels, histogram_buckets(hist), hist.total)
         yield from (running, waiting, usage, queries, hits, preemptions, prompt, generation,
                     ttft, itl, e2e)
 
 
-def _buckets(hist: LatencyHistogram) -> list[tuple[str, float]]:
+def histogram_buckets(hist: LatencyHistogram) -> list[tuple[str, float]]:
     return [(str(b), c) for b, c in zip(hist.buckets, hist.counts)] + [("+Inf", hist.count)]

@@ -35,6 +35,7 @@ class RequestContext:
     cache: str = "miss"  # what the cache stage did: hit | miss
     prices: Prices | None = None  # of the model that answered
     cached_tokens: int = 0
+    priority: int = 0  # in admission queues: higher leaves first
 
     def note_route(self, reason: str) -> None:
         self.route.append(reason)

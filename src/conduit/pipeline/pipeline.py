@@ -1,33 +1,40 @@
-"""The request pipeline. Stages run in DESIGN.md's order; today: cache lookup -> route ->
-generate -> cache store.
+"""The request pipeline. Stages run in DESIGN.md's order; today: exact cache lookup -> semantic
+cache lookup -> in-flight de-duplication -> route -> generate -> cache store.
 
-Guards, the semantic cache, retrieval and prompt assembly plug in here as their issues land.
+Guards, retrieval and prompt assembly plug in here as their issues land.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from conduit.backends import Delta, GenerateRequest
-from conduit.cache import ExactCache, InflightGroup, cache_key, is_deterministic
-from conduit.cache.exact import CachedAnswer
+from conduit.cache import InflightGroup, cache_key, is_deterministic
+from conduit.cache.exact import AnswerStore, CachedAnswer
 from conduit.config import CacheSettings
-from conduit.gateway.auth import Principal
 from conduit.pipeline.context import RequestContext
 from conduit.routing.dispatch import Dispatcher
 from conduit.routing.registry import Registry
 from conduit.routing.router import Router
 
+if TYPE_CHECKING:
+    from conduit.cache.semantic import SemanticCache
+    from conduit.gateway.auth import Principal
+
 
 class Pipeline:
-    def __init__(self, registry: Registry, router: Router | None = None,
-                 cache: CacheSettings | None = None) -> None:
+    def __init__(self, registry: Registry, router: Router | None = None, cache: CacheSettings | None = None,
+                 answers: AnswerStore | None = None, semantic: SemanticCache | None = None) -> None:
         self.registry = registry
         self.router = router
         self.dispatcher = Dispatcher(registry)
         self.cache_settings = cache or CacheSettings()
-        exact = self.cache_settings.exact
-        self.cache = ExactCache(exact.max_entries, exact.ttl_s) if exact.enabled else None
+        self.answers = answers  # the exact cache; None when it is off
+        self.semantic = semantic
         self.inflight = InflightGroup()
 
     def models(self, principal: Principal | None) -> list[str]:
@@ -38,13 +45,17 @@ class Pipeline:
         return names
 
     async def generate(self, ctx: RequestContext, request: GenerateRequest, stream: bool) -> AsyncIterator[Delta]:
-        key = self._cache_key(ctx, request, stream)
-        if key is not None and self.cache is not None and ctx.cache_control != "no-cache":
-            hit = self.cache.get(key)
+        cacheable = self._cacheable(request)
+        key = self._exact_key(ctx, request, stream) if cacheable else None
+        question = _question(request) if cacheable and self.semantic is not None else None
+        namespace = _namespace(ctx, request) if question is not None else ""
+        if ctx.cache_control != "no-cache":
+            hit = await self._lookup(key, namespace, question)
             if hit is not None:
-                ctx.cache, ctx.model = "hit", hit.model
+                ctx.cache, answer = hit
+                ctx.model = answer.model
                 ctx.note_route("cache")
-                for delta in hit.deltas:
+                for delta in answer.deltas:
                     ctx.observe(delta)
                     yield delta
                 return
@@ -57,22 +68,38 @@ class Pipeline:
             deltas = self.inflight.run(key, lambda: self._route(ctx, request, stream))
         else:
             deltas = self._route(ctx, request, stream)
-        answer: list[Delta] = []
+        produced: list[Delta] = []
         try:
             async for delta in deltas:
                 ctx.observe(delta)
-                answer.append(delta)
+                produced.append(delta)
                 yield delta
         finally:
             await deltas.aclose()
-        if key is not None and self.cache is not None and leader and ctx.cache_control != "no-store":
-            self.cache.put(key, CachedAnswer(tuple(answer), ctx.model))
+        if leader and ctx.cache_control != "no-store":
+            answer = CachedAnswer(tuple(produced), ctx.model)
+            if key is not None and self.answers is not None:
+                await self.answers.put(key, answer)
+            if question is not None and self.semantic is not None:
+                await self.semantic.store(namespace, question, answer)
 
-    def _cache_key(self, ctx: RequestContext, request: GenerateRequest, stream: bool) -> str | None:
-        if self.cache is None and not self.cache_settings.deduplicate:
-            return None
-        if self.cache_settings.exact.only_deterministic and not is_deterministic(request):
-            return None
+    async def _lookup(self, key: str | None, namespace: str, question: str | None) -> tuple[str, CachedAnswer] | None:
+        if key is not None and self.answers is not None:
+            answer = await self.answers.get(key)
+            if answer is not None:
+                return "hit", answer
+        if question is not None and self.semantic is not None:
+            similar = await self.semantic.lookup(namespace, question)
+            if similar is not None:
+                return "semantic-hit", similar.answer  # type: ignore[return-value]
+        return None
+
+    def _cacheable(self, request: GenerateRequest) -> bool:
+        if self.answers is None and self.semantic is None and not self.cache_settings.deduplicate:
+            return False
+        return is_deterministic(request) or not self.cache_settings.exact.only_deterministic
+
+    def _exact_key(self, ctx: RequestContext, request: GenerateRequest, stream: bool) -> str:
         tenant = ctx.principal.tenant_id if ctx.principal else None
         return cache_key(tenant, request, stream)
 
@@ -81,3 +108,24 @@ class Pipeline:
             return self.router.generate(ctx, request, stream, self.dispatcher)
         ctx.note_route("direct")
         return self.dispatcher.generate(ctx, request, stream)
+
+
+def _question(request: GenerateRequest) -> str | None:
+    """The user's question, when the chat is a single question (system messages aside): in a longer
+    conversation the same words can mean something else, so those are left to the exact cache."""
+    if request.messages is None or request.sampling.n != 1 or request.logprobs:
+        return None
+    turns = [m for m in request.messages if m.get("role") != "system"]
+    if len(turns) != 1 or turns[0].get("role") != "user" or not isinstance(turns[0].get("content"), str):
+        return None
+    return turns[0]["content"]
+
+
+def _namespace(ctx: RequestContext, request: GenerateRequest) -> str:
+    """Everything but the question that can change the answer: only questions asked in the same
+    namespace are compared."""
+    system = [m.get("content") for m in request.messages or [] if m.get("role") == "system"]
+    tenant = ctx.principal.tenant_id if ctx.principal else None
+    blob = json.dumps({"tenant": tenant, "model": request.model, "system": system,
+                       "sampling": asdict(request.sampling)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -69,6 +69,16 @@ class Dispatcher:
 
     async def _on_model(self, ctx: RequestContext, group: ModelGroup, request: GenerateRequest, stream: bool,
                         deadline: float) -> AsyncIterator[Delta]:
+        if group.queue is None:
+            async for delta in self._attempts(ctx, group, request, stream, deadline):
+                yield delta
+            return
+        async with group.queue.slot(ctx.priority):
+            async for delta in self._attempts(ctx, group, request, stream, deadline):
+                yield delta
+
+    async def _attempts(self, ctx: RequestContext, group: ModelGroup, request: GenerateRequest, stream: bool,
+                        deadline: float) -> AsyncIterator[Delta]:
         policy = group.settings.retry
         tried: set[str] = set()
         last_error: APIError | None = None

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from conduit.backends import Backend
+from conduit.backends import Backend, GenerateRequest
+from conduit.backends.base import estimate_tokens
 from conduit.backends.embedded import EmbeddedBackend
 from conduit.backends.openai_compat import OpenAICompatBackend
 from conduit.config import Deployment, ModelSettings, Settings
 from conduit.errors import APIError
+from conduit.gateway.admission import AdmissionQueue
 from conduit.gateway.auth import Principal
 from conduit.routing.balancer import BALANCERS, Balancer
 from conduit.routing.health import BreakerState, CircuitBreaker
@@ -79,9 +81,14 @@ class ModelGroup:
     settings: ModelSettings
     deployments: list[DeploymentHandle]
     balancer: Balancer = field(init=False)
+    queue: AdmissionQueue | None = field(init=False)  # only when every deployment has a max_in_flight
 
     def __post_init__(self) -> None:
         self.balancer = BALANCERS[self.settings.balancer]()
+        caps = [d.settings.max_in_flight for d in self.deployments]
+        bounded = bool(caps) and all(cap is not None for cap in caps)
+        queue = self.settings.queue
+        self.queue = AdmissionQueue(self.name, sum(caps), queue.max_size, queue.max_wait_s) if bounded else None  # type: ignore[arg-type]
 
     @property
     def name(self) -> str:
@@ -140,6 +147,15 @@ class Registry:
             raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
         return group
+
+    def count_prompt_tokens(self, request: GenerateRequest) -> int:
+        """The prompt's tokens by its model's tokenizer where we have it, else an estimate."""
+        group = self.groups.get(request.model)
+        for handle in group.deployments if group else ():
+            count = getattr(handle.backend, "count_tokens", None)
+            if count is not None:
+                return count(request)
+        return estimate_tokens(request)
 
     async def start(self) -> None:
         """Load embedded models in the background and start active health checks."""

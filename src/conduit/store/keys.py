@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from conduit.config import Budget, Limits
 from conduit.store.db import Database
 from conduit.store.tables import ApiKey, Tenant
 
@@ -31,6 +32,8 @@ class KeyInfo:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    limits: Limits | None = None  # the key's own, on top of its tenant's
+    budget: Budget | None = None
 
     @property
     def status(self) -> str:
@@ -49,8 +52,10 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, tenant: str, name: str | None = None, expires_at: datetime | None = None) -> tuple[KeyInfo, str]:
+    def create(self, tenant: str, name: str | None = None, expires_at: datetime | None = None,
+               limits: Limits | None = None, budget: Budget | None = None) -> tuple[KeyInfo, str]:
         """Create a key (and the tenant if new). Returns the key and its secret, shown only now."""
+        limits = limits or Limits()
         if not tenant.strip():
             raise ValueError("tenant name must not be empty")
         if expires_at is not None:
@@ -72,6 +77,11 @@ class KeyStore:
                 secret_hash=_digest(secret),
                 hint=secret[-4:],
                 expires_at=expires_at,
+                rpm_limit=limits.rpm,
+                tpm_limit=limits.tpm,
+                max_concurrent=limits.max_concurrent,
+                budget_usd=budget.usd if budget else None,
+                budget_period=budget.period if budget else None,
             )
             session.add(key)
             session.flush()
@@ -136,6 +146,8 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _info(key: ApiKey, tenant: Tenant) -> KeyInfo:
+    limits = Limits(rpm=key.rpm_limit, tpm=key.tpm_limit, max_concurrent=key.max_concurrent)
+    budget = Budget(usd=key.budget_usd, period=key.budget_period or "month") if key.budget_usd else None
     return KeyInfo(
         id=key.id,
         tenant_id=tenant.id,
@@ -145,4 +157,6 @@ def _info(key: ApiKey, tenant: Tenant) -> KeyInfo:
         created_at=_aware(key.created_at),
         expires_at=_aware(key.expires_at) if key.expires_at else None,
         revoked_at=_aware(key.revoked_at) if key.revoked_at else None,
+        limits=None if limits == Limits() else limits,
+        budget=budget,
     )

@@ -60,3 +60,14 @@ def usage(
     return [UsageRow({g: None if v is None else str(v) for g, v in zip(group_by, row[:width])},
                      int(row[width]), int(row[width + 1]), int(row[width + 2]), float(row[width + 3]))
             for row in rows]
+
+
+def spent(db: Database, since: datetime, tenant_id: str | None = None, key_id: str | None = None) -> float:
+    """Dollars spent since `since` by a tenant or a key: where a budget's running total starts."""
+    query = select(func.coalesce(func.sum(RequestLog.cost_usd), 0.0)).where(RequestLog.created_at >= since)
+    if tenant_id is not None:
+        query = query.where(RequestLog.tenant_id == tenant_id)
+    if key_id is not None:
+        query = query.where(RequestLog.key_id == key_id)
+    with db.session() as session:
+        return float(session.scalar(query) or 0.0)

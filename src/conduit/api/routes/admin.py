@@ -23,6 +23,8 @@ def key_json(key: KeyInfo) -> dict:
         "created_at": key.created_at.isoformat(),
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        "limits": key.limits.model_dump() if key.limits else None,
+        "budget": key.budget.model_dump() if key.budget else None,
     }
 
 
@@ -34,7 +36,7 @@ def _keys(request: Request) -> KeyStore:
 async def create_key(request: Request) -> dict:
     body = await parse_body(request, CreateKeyRequest)
     expires = parse_expiry(body.expires_at) if body.expires_at else None
-    key, secret = _keys(request).create(body.tenant, body.name, expires)
+    key, secret = _keys(request).create(body.tenant, body.name, expires, body.limits, body.budget)
     return {**key_json(key), "key": secret}
 
 
@@ -46,6 +48,8 @@ async def list_keys(request: Request, tenant: str | None = None) -> dict:
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, request: Request) -> dict:
     try:
-        return key_json(_keys(request).revoke(key_id))
+        revoked = _keys(request).revoke(key_id)
+        request.app.state.auth.forget(key_id)
+        return key_json(revoked)
     except KeyNotFound:
         raise APIError(404, f"No API key with id '{key_id}'.", param="key_id", code="key_not_found") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,9 @@ from conduit.api.schemas import ChatCompletionRequest, CompletionRequest
 from conduit.api.sse import ClientDisconnected, EventStream, cancel_on_disconnect, sse
 from conduit.backends import Delta, GenerateRequest, TokenLogprob
 from conduit.errors import APIError
+from conduit.gateway.admission import PRIORITIES
 from conduit.gateway.auth import Principal
+from conduit.gateway.gatekeeper import Gatekeeper, Pass
 from conduit.pipeline import RequestContext
 from conduit.pipeline.pipeline import Pipeline
 
@@ -53,24 +55,58 @@ async def _respond(
     include_usage: bool,
 ) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
+    gatekeeper: Gatekeeper = request.app.state.gatekeeper
     log = request.app.state.request_log
     ctx.cache_control = _cache_control(request)
+    ctx.priority = _priority(request)
+    assert ctx.principal is not None and ctx.model is not None
+    admitted = await gatekeeper.enter(
+        ctx.principal, ctx.model, lambda: sum(pipeline.registry.count_prompt_tokens(r) for r in requests))
     deltas = _generate_all(pipeline, ctx, requests, stream)
+    streaming = False
     try:
         if not stream:
             choices = await cancel_on_disconnect(request, _collect(deltas))
             log.record(ctx.record("ok", 200))
-            return JSONResponse(shape.completion(choices, shape.usage(ctx)), headers=_route_headers(ctx))
+            return JSONResponse(shape.completion(choices, shape.usage(ctx)),
+                                headers={**_route_headers(ctx), **admitted.headers})
         # Wait for the first token before answering, so that errors found on the way
         # (unknown model, context too long) still get their own HTTP status.
         first = await cancel_on_disconnect(request, anext(deltas))
+        streaming = True
     except ClientDisconnected:
         log.record(ctx.record("client_disconnected", CLIENT_CLOSED))
         return Response(status_code=CLIENT_CLOSED)
     except BaseException:
         await deltas.aclose()
         raise
-    return EventStream(_events(request, ctx, shape, first, deltas, include_usage), headers=_route_headers(ctx))
+    finally:
+        if not streaming:
+            await _leave(gatekeeper, admitted, ctx)
+    events = _events(request, ctx, shape, first, deltas, include_usage, lambda: _leave(gatekeeper, admitted, ctx))
+    return EventStream(events, headers={**_route_headers(ctx), **admitted.headers})
+
+
+async def _leave(gatekeeper: Gatekeeper, admitted: Pass, ctx: RequestContext) -> None:
+    """Settle the request's limits and budget: tokens a model really ran, what it cost."""
+    used: int | None
+    if ctx.cache != "miss" or "deduplicated" in ctx.route:
+        used = 0  # answered without running a model
+    elif ctx.prompt_tokens is None:
+        used = None  # failed before any usage was known: the prompt's charge stands
+    else:
+        used = ctx.prompt_tokens + ctx.completion_tokens
+    await gatekeeper.leave(admitted, used, ctx.cost_usd)
+
+
+def _priority(request: Request) -> int:
+    value = request.headers.get("x-conduit-priority")
+    if value is None:
+        return 0
+    if value in PRIORITIES:
+        return PRIORITIES[value]
+    raise APIError(400, "The x-conduit-priority header takes 'high', 'normal' or 'low'.",
+                   param="x-conduit-priority", code="invalid_header")
 
 
 def _route_headers(ctx: RequestContext) -> dict[str, str]:
@@ -131,6 +167,7 @@ async def _events(
     first: tuple[int, Delta],
     deltas: AsyncIterator[tuple[int, Delta]],
     include_usage: bool,
+    leave: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[str]:
     status, http_status = "client_disconnected", CLIENT_CLOSED
     try:
@@ -159,6 +196,7 @@ async def _events(
         yield sse(error.body())
     finally:
         await deltas.aclose()
+        await leave()
         if status:
             request.app.state.request_log.record(ctx.record(status, http_status))
 

@@ -1,4 +1,4 @@
-"""GET /metrics: the embedded engines' metrics in Prometheus text format."""
+"""GET /metrics: the embedded engines' and the admission queues' metrics, Prometheus text format."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from conduit.backends.embedded import EmbeddedBackend
 from conduit.observability.engine_metrics import EngineCollector
+from conduit.observability.gateway_metrics import QueueCollector
 
 router = APIRouter()
 
@@ -23,8 +24,16 @@ def _engines(app):
                 yield name, backend.engine
 
 
+def _queues(app):
+    pipeline = getattr(app.state, "pipeline", None)
+    for group in pipeline.registry.groups.values() if pipeline is not None else ():
+        if group.queue is not None:
+            yield group.queue
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(lambda: list(_engines(request.app))))
+    registry.register(QueueCollector(lambda: list(_queues(request.app))))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
