@@ -80,9 +80,12 @@ class ServerProcess:
 
     def rows(self, where: str = "1=1", params: tuple = ()) -> list[dict]:
         """Request-log rows, read straight from the SQLite file."""
+        return self.rows_of("request_log", where, params)
+
+    def rows_of(self, table: str, where: str = "1=1", params: tuple = ()) -> list[dict]:
         with sqlite3.connect(self.data_dir / "conduit.db") as db:
             db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute(f"SELECT * FROM request_log WHERE {where}", params)]
+            return [dict(r) for r in db.execute(f"SELECT * FROM {table} WHERE {where}", params)]
 
     def wait_rows(self, where: str, params: tuple = (), count: int = 1, timeout: float = 10) -> list[dict]:
         deadline = time.monotonic() + timeout

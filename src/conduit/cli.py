@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from conduit.cli_rag import index_app, ingest
 from conduit.config import Settings
 
 app = typer.Typer(help="Conduit: an OpenAI-compatible LLM gateway with an embedded engine.", no_args_is_help=True)
@@ -19,6 +20,8 @@ keys_app = typer.Typer(help="Create, list and revoke tenants' API keys.", no_arg
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+app.add_typer(index_app, name="index")
+app.command()(ingest)
 console = Console()
 err = Console(stderr=True)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
-from conduit.api.routes import admin, generation, metrics, models, usage
+from conduit.api.routes import admin, embeddings, generation, metrics, models, usage, vector_stores
 from conduit.config import Settings
 from conduit.backends.embeddings import LocalEmbedder
 from conduit.cache import ExactCache
@@ -30,8 +30,10 @@ from conduit.gateway.limit_store import LimitStore, MemoryLimitStore
 from conduit.gateway.limits import Limiter
 from conduit.observability.request_log import RequestLogWriter
 from conduit.pipeline.pipeline import Pipeline
+from conduit.rag.service import Collections, IngestJobs
 from conduit.routing.registry import Registry
 from conduit.routing.router import Router
+from conduit.store.collections import CollectionStore
 from conduit.store.db import Database
 from conduit.store.keys import KeyStore
 from conduit.store.redis_cache import RedisExactCache
@@ -62,13 +64,21 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.keys = keys
         app.state.auth = Authenticator(admin_key, keys, settings.gateway.key_cache_ttl_s)
         answers = _answer_store(settings)
-        app.state.pipeline = Pipeline(registry, router, settings.cache, answers, _semantic_cache(settings))
+        embedder = LocalEmbedder()  # one copy of the model for retrieval, /v1/embeddings and the semantic cache
+        app.state.pipeline = Pipeline(registry, router, settings.cache, answers, _semantic_cache(settings, embedder))
         limit_store = _limit_store(settings)
         budgets = Budgets(limit_store, db, settings.tenants, settings.gateway.budget_webhook_url, registry.client)
         app.state.gatekeeper = Gatekeeper(Limiter(limit_store, settings.tenants), budgets)
         app.state.request_log = RequestLogWriter(
             db, settings.request_log.batch_size, settings.request_log.flush_interval_s
         )
+        collections = Collections(CollectionStore(db, settings.data_dir / "files"), embedder,
+                                  settings.data_dir / "indexes")
+        app.state.collections = collections
+        app.state.ingest_jobs = IngestJobs(collections)
+        resumed = await app.state.ingest_jobs.resume()
+        if resumed:
+            log.info("resuming the ingestion of %d file(s) a previous run left unfinished", resumed)
         await registry.start()
         # The classifier's embedding model takes seconds to load: not a reason to delay serving.
         training = asyncio.create_task(router.start()) if router is not None else None
@@ -77,6 +87,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if training is not None:
                 training.cancel()
+            await app.state.ingest_jobs.close()
+            await asyncio.to_thread(collections.save)
             await budgets.close()
             await registry.close()
             await limit_store.close()
@@ -89,7 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Conduit", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.server.max_body_bytes)
-    for module in (models, generation, admin, usage, metrics):
+    for module in (models, generation, admin, usage, metrics, embeddings, vector_stores):
         app.include_router(module.router)
     return app
 
@@ -109,11 +121,11 @@ def _answer_store(settings: Settings) -> AnswerStore | None:
     return ExactCache(exact.max_entries, exact.ttl_s)
 
 
-def _semantic_cache(settings: Settings) -> SemanticCache | None:
+def _semantic_cache(settings: Settings, embedder: LocalEmbedder) -> SemanticCache | None:
     semantic = settings.cache.semantic
     if not semantic.enabled:
         return None
     from conduit.cache.semantic import SemanticCache
 
     options = {"threshold": semantic.threshold} if semantic.threshold is not None else {}
-    return SemanticCache(LocalEmbedder(), max_entries=semantic.max_entries, ttl_s=semantic.ttl_s, **options)
+    return SemanticCache(embedder, max_entries=semantic.max_entries, ttl_s=semantic.ttl_s, **options)

@@ -35,5 +35,11 @@ class LocalEmbedder:
         return self._load().encode(texts, normalize_embeddings=True, convert_to_numpy=True,
                                    show_progress_bar=False)
 
+    def count_tokens(self, texts: list[str]) -> int:
+        """Word pieces the model reads, [CLS] and [SEP] included, up to its input limit."""
+        model = self._load()
+        encoded = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+        return sum(len(ids) for ids in encoded)
+
     async def aencode(self, texts: list[str]) -> np.ndarray:
         return await asyncio.to_thread(self.encode, texts)

@@ -88,6 +88,10 @@ class KeyStore:
             info = _info(key, row)
         return info, f"{KEY_PREFIX}-{key_id}-{secret}"
 
+    def tenant_id(self, name: str) -> str | None:
+        with self._db.session() as session:
+            return session.scalar(select(Tenant.id).where(Tenant.name == name))
+
     def list(self, tenant: str | None = None) -> list[KeyInfo]:
         query = select(ApiKey, Tenant).join(Tenant, ApiKey.tenant_id == Tenant.id).order_by(ApiKey.created_at)
         if tenant is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, func
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -67,3 +67,68 @@ class RequestLog(Base):
     cache: Mapped[str | None] = mapped_column(String(16))
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
+
+
+class StoredFile(Base):
+    """An uploaded file (OpenAI's `file` object); its bytes live in `data_dir/files/<id>`."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    filename: Mapped[str] = mapped_column(String(500))
+    bytes: Mapped[int] = mapped_column(Integer)
+    purpose: Mapped[str] = mapped_column(String(32))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class VectorStore(Base):
+    """A tenant's collection of documents. `version` grows with every change to its chunks:
+    caches that read the collection key on it, and indexes catch up to it."""
+
+    __tablename__ = "vector_stores"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    name: Mapped[str | None] = mapped_column(String(500))
+    chunking: Mapped[str] = mapped_column(Text, doc="ChunkingOptions as JSON")
+    metadata_json: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class VectorStoreFile(Base):
+    """A file in a vector store: its ingestion status and the attributes its chunks are filtered by."""
+
+    __tablename__ = "vector_store_files"
+
+    vector_store_id: Mapped[str] = mapped_column(ForeignKey("vector_stores.id", ondelete="CASCADE"), primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), doc="in_progress | completed | failed | cancelled")
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attributes_json: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(1000), doc="The path it was ingested from (CLI).")
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    usage_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ChunkRow(Base):
+    """A chunk of a file in a vector store, with its embedding: the source of truth the indexes
+    are derived from (rebuilding them needs no model)."""
+
+    __tablename__ = "chunks"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused: indexes know chunks by id
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vector_store_id: Mapped[str] = mapped_column(String(40), index=True)
+    file_id: Mapped[str] = mapped_column(String(40), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    header: Mapped[str] = mapped_column(Text, doc="The section-path line embedded before the text.")
+    token_count: Mapped[int] = mapped_column(Integer)
+    section_path: Mapped[str] = mapped_column(Text, doc="JSON list: title > heading > subheading")
+    page: Mapped[int | None] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary, doc="float32, L2-normalised")
