@@ -32,7 +32,7 @@ class _Tally:
 
 
 def _collections(settings):  # noqa: ANN001, ANN202 - Settings -> (Collections, KeyStore)
-    from conduit.backends.embeddings import LocalEmbedder
+    from conduit.backends.embeddings import make_embedder
     from conduit.rag.service import Collections
     from conduit.store.collections import CollectionStore
     from conduit.store.db import Database
@@ -41,7 +41,7 @@ def _collections(settings):  # noqa: ANN001, ANN202 - Settings -> (Collections, 
     db = Database(settings.resolved_database_url)
     db.migrate()
     store = CollectionStore(db, settings.data_dir / "files")
-    return Collections(store, LocalEmbedder(), settings.data_dir / "indexes"), KeyStore(db)
+    return Collections(store, make_embedder(settings.embeddings), settings.data_dir / "indexes"), KeyStore(db)
 
 
 def ingest(

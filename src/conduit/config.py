@@ -231,6 +231,40 @@ class TenantSettings(BaseModel):
     budget: Budget | None = None
 
 
+class EmbeddingSettings(BaseModel):
+    """The embedding model for retrieval, the semantic cache and /v1/embeddings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "openai"] = Field("local", description="local: the bundled all-MiniLM-L6-v2.")
+    base_url: str | None = Field(None, description="openai: e.g. http://tei:8080/v1")
+    model: str = Field("all-minilm-l6-v2", description="The name served and, for openai, sent upstream.")
+    api_key_env: str | None = Field(None, description="openai: environment variable holding the key.")
+    dimensions: int | None = Field(None, ge=1, description="openai: the vectors' size (required).")
+
+    @model_validator(mode="after")
+    def _upstream_needs_url_and_size(self) -> EmbeddingSettings:
+        if self.backend == "openai" and (not self.base_url or not self.dimensions):
+            raise ValueError("an 'openai' embedding backend needs base_url and dimensions")
+        return self
+
+
+class RagSettings(BaseModel):
+    """Retrieval for chat completions that ask for it (`retrieval` in the request body)."""
+
+    mode: Literal["hybrid", "dense", "sparse"] = Field("hybrid", description="How chunks are retrieved.")
+    top_k: int = Field(5, ge=1, le=50, description="Chunks retrieved per question.")
+    trigger: Literal["always", "auto", "never"] = Field(
+        "auto", description="auto: skip retrieval for greetings and chit-chat.")
+    min_score: float = Field(0.3, ge=0, le=1, description="Below this best similarity: the not-found answer.")
+    not_found_message: str = Field(
+        "I could not find this in the documents.", description="Answered, without a model call, when nothing "
+        "relevant is found.")
+    reserve_for_answer: int = Field(512, ge=16, description="Context tokens kept free for the answer.")
+    support_threshold: float | None = Field(None, gt=0, le=1, description="Cited sentences need this support; "
+                                            "default: measured.")
+
+
 class GatewaySettings(BaseModel):
     limit_store: Literal["memory", "redis"] = Field(
         "memory", description="'redis': several gateway processes enforce limits and budgets together.")
@@ -258,6 +292,8 @@ class Settings(BaseSettings):
     router: RouterSettings | None = None
     cache: CacheSettings = CacheSettings()
     gateway: GatewaySettings = GatewaySettings()
+    rag: RagSettings = RagSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used where a store is 'redis'.")
 
     @model_validator(mode="after")

@@ -4,7 +4,8 @@
 
 Modes (also switchable at run time with POST /_control {"mode": ...}, or per request with
 `"model": "fault:<mode>"`): ok, error500, rate429, hang, slow_first, drop_mid, bad_json, bad_sse,
-wrong_type, bad_request, context_too_long. GET /_stats returns how many requests it saw.
+wrong_type, bad_request, context_too_long, cite (answers from the system prompt's source [1] with
+citations, one unsupported and one to a missing source). GET /_stats returns how many requests it saw.
 POST /_webhook records a JSON body, GET /_webhooks lists them (a budget webhook's receiver).
 `"hard"` in the last message makes the answer's log-probabilities low (for the cascade).
 """
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import json
 import time
+import zlib
 
 import uvicorn
 from starlette.applications import Starlette
@@ -49,6 +51,19 @@ def app(name: str) -> Starlette:
     async def webhooks(request: Request) -> Response:
         return JSONResponse(State.webhooks)
 
+    async def embeddings(request: Request) -> Response:
+        """Bag-of-words vectors (64 buckets of hashed words): texts sharing words come out close."""
+        body = await request.json()
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        data = []
+        for i, text in enumerate(texts):
+            vector = [0.0] * 64
+            for word in text.lower().split():
+                vector[zlib.crc32(word.strip(".,?!").encode()) % 64] += 1.0
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        return JSONResponse({"object": "list", "data": data, "model": body["model"],
+                             "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
     async def models(request: Request) -> Response:
         if State.mode in ("error500", "hang"):
             return JSONResponse({"error": {"message": "down"}}, status_code=500)
@@ -62,6 +77,9 @@ def app(name: str) -> Starlette:
         last = body["messages"][-1]["content"] if chat else body["prompt"]
         logprob = -3.0 if "hard" in str(last) else -0.1
         words = [w.format(name=name) for w in WORDS]
+        if mode == "cite":
+            words = _citing_answer(body["messages"]).split(" ")
+            words = [w if i == 0 else " " + w for i, w in enumerate(words)]
         if mode == "error500":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
         if mode == "rate429":
@@ -111,7 +129,17 @@ def app(name: str) -> Starlette:
         Route("/v1/models", models),
         Route("/v1/chat/completions", generate, methods=["POST"]),
         Route("/v1/completions", generate, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
     ])
+
+
+def _citing_answer(messages: list[dict]) -> str:
+    """An answer that quotes the first sentence of source [1] with a citation, then makes an
+    unsupported claim citing it, then cites a source that does not exist."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    source = system.split("\n[1]", 1)[1].split("\n", 1)[1] if "\n[1]" in system else ""
+    first = source.strip().split("\n\n")[0].split(". ")[0].rstrip(".")
+    return f"{first} [1]. Bananas are purple and sing at night [1]. See the appendix [9]."
 
 
 def main() -> None:

@@ -122,6 +122,25 @@ def test_embeddings_endpoint(client: OpenAI) -> None:
         client.embeddings.create(model="text-embedding-3-small", input="x")
 
 
+def test_an_openai_compatible_embedding_upstream(upstreams: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
+    config = {"models": [{"name": "none", "deployments": [{"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}]}],
+              "embeddings": {"backend": "openai", "base_url": upstreams["a"].url, "model": "bag-of-words",
+                             "dimensions": 64}}
+    srv = start_gateway(tmp_path_factory.mktemp("upstream-embeddings"), config)
+    try:
+        client = srv.client()
+        vectors = client.embeddings.create(model="bag-of-words", input=["red apples", "green pears"])
+        assert len(vectors.data[1].embedding) == 64
+        store = client.vector_stores.create(name="fruit")
+        for name, text in [("apples.txt", b"Red apples grow on trees."), ("boats.txt", b"Sailing boats need wind.")]:
+            client.vector_stores.files.upload_and_poll(vector_store_id=store.id, file=(name, io.BytesIO(text)),
+                                                       poll_interval_ms=100)
+        found = client.vector_stores.search(store.id, query="boats wind", ranking_options={"ranker": "dense"})
+        assert found.data[0].filename == "boats.txt"
+    finally:
+        srv.stop()
+
+
 def test_kill_9_mid_ingest_leaves_no_half_document_and_resumes(tmp_path_factory: pytest.TempPathFactory) -> None:
     config = {"models": [{"name": "none", "deployments": [{"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}]}]}
     data_dir = tmp_path_factory.mktemp("crash")

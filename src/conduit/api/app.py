@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from conduit.api.errors import BodySizeLimit, install_error_handlers
 from conduit.api.routes import admin, embeddings, generation, metrics, models, usage, vector_stores
 from conduit.config import Settings
-from conduit.backends.embeddings import LocalEmbedder
+from conduit.backends.embeddings import LocalEmbedder, OpenAIEmbedder, make_embedder
 from conduit.cache import ExactCache
 from conduit.cache.exact import AnswerStore
 from conduit.gateway.auth import Authenticator, ensure_admin_key
@@ -30,6 +30,7 @@ from conduit.gateway.limit_store import LimitStore, MemoryLimitStore
 from conduit.gateway.limits import Limiter
 from conduit.observability.request_log import RequestLogWriter
 from conduit.pipeline.pipeline import Pipeline
+from conduit.pipeline.retrieval import RetrievalStage
 from conduit.rag.service import Collections, IngestJobs
 from conduit.routing.registry import Registry
 from conduit.routing.router import Router
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from conduit.cache.semantic import SemanticCache
 
 log = logging.getLogger("conduit")
+Embedder = LocalEmbedder | OpenAIEmbedder
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -64,16 +66,20 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.keys = keys
         app.state.auth = Authenticator(admin_key, keys, settings.gateway.key_cache_ttl_s)
         answers = _answer_store(settings)
-        embedder = LocalEmbedder()  # one copy of the model for retrieval, /v1/embeddings and the semantic cache
-        app.state.pipeline = Pipeline(registry, router, settings.cache, answers, _semantic_cache(settings, embedder))
+        embedder = make_embedder(settings.embeddings)  # one for retrieval, /v1/embeddings and the semantic cache
+        collections = Collections(CollectionStore(db, settings.data_dir / "files"), embedder,
+                                  settings.data_dir / "indexes")
+        semantic = _semantic_cache(settings, embedder)
+        if semantic is not None:  # free the answers that read a collection as soon as it changes
+            collections.listeners.append(semantic.invalidate_collection)
+        app.state.pipeline = Pipeline(registry, router, settings.cache, answers, semantic,
+                                      RetrievalStage(collections, settings.rag, registry))
         limit_store = _limit_store(settings)
         budgets = Budgets(limit_store, db, settings.tenants, settings.gateway.budget_webhook_url, registry.client)
         app.state.gatekeeper = Gatekeeper(Limiter(limit_store, settings.tenants), budgets)
         app.state.request_log = RequestLogWriter(
             db, settings.request_log.batch_size, settings.request_log.flush_interval_s
         )
-        collections = Collections(CollectionStore(db, settings.data_dir / "files"), embedder,
-                                  settings.data_dir / "indexes")
         app.state.collections = collections
         app.state.ingest_jobs = IngestJobs(collections)
         resumed = await app.state.ingest_jobs.resume()
@@ -121,7 +127,7 @@ def _answer_store(settings: Settings) -> AnswerStore | None:
     return ExactCache(exact.max_entries, exact.ttl_s)
 
 
-def _semantic_cache(settings: Settings, embedder: LocalEmbedder) -> SemanticCache | None:
+def _semantic_cache(settings: Settings, embedder: Embedder) -> SemanticCache | None:
     semantic = settings.cache.semantic
     if not semantic.enabled:
         return None

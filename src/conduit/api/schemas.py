@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from conduit.backends import GenerateRequest, Sampling
 from conduit.config import Budget, Limits
+from conduit.pipeline.retrieval import RetrievalSpec
 from conduit.store.keys import parse_expiry
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
@@ -130,6 +131,7 @@ class ChatCompletionRequest(_Sampled):
     parallel_tool_calls: bool | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    retrieval: RetrievalSpec | None = Field(None, description="Extension: answer from these vector stores.")
 
     @model_validator(mode="after")
     def _chat_not_yet_supported(self) -> ChatCompletionRequest:

@@ -1,17 +1,23 @@
-"""The bundled sentence embedding model (all-MiniLM-L6-v2, 384-d), run off the event loop."""
+"""Embedding models: the bundled all-MiniLM-L6-v2 (384-d) run in this process off the event loop,
+or any OpenAI-compatible `/embeddings` upstream (TEI, vLLM, Ollama, OpenAI)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
+import httpx
 import numpy as np
+
+from conduit.config import EmbeddingSettings
 
 
 class LocalEmbedder:
     """Loads lazily on first use; encodes in a worker thread; vectors are L2-normalised."""
 
     dimensions = 384
+    model_name = "all-minilm-l6-v2"
 
     def __init__(self, model_path: str | None = None) -> None:
         self._model_path = model_path
@@ -43,3 +49,42 @@ class LocalEmbedder:
 
     async def aencode(self, texts: list[str]) -> np.ndarray:
         return await asyncio.to_thread(self.encode, texts)
+
+
+class OpenAIEmbedder:
+    """An OpenAI-compatible embeddings endpoint, called in batches; vectors are L2-normalised
+    (our indexes compare by inner product)."""
+
+    BATCH = 256
+
+    def __init__(self, base_url: str, model: str, dimensions: int, api_key: str | None = None,
+                 timeout_s: float = 60.0) -> None:
+        self.model_name = model
+        self.dimensions = dimensions
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        vectors = []
+        for start in range(0, len(texts), self.BATCH):
+            response = self._client.post("/embeddings", json={"model": self.model_name,
+                                                              "input": texts[start:start + self.BATCH]})
+            response.raise_for_status()
+            rows = sorted(response.json()["data"], key=lambda row: row["index"])
+            vectors += [row["embedding"] for row in rows]
+        matrix = np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dimensions)
+        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        return sum(len(t) // 4 + 1 for t in texts)  # the upstream's tokenizer is not ours to run
+
+    async def aencode(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.encode, texts)
+
+
+def make_embedder(settings: EmbeddingSettings) -> LocalEmbedder | OpenAIEmbedder:
+    if settings.backend == "openai":
+        assert settings.base_url and settings.dimensions  # checked by the settings
+        key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        return OpenAIEmbedder(settings.base_url, settings.model, settings.dimensions, key)
+    return LocalEmbedder()

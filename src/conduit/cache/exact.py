@@ -22,8 +22,11 @@ def is_deterministic(request: GenerateRequest) -> bool:
     return request.sampling.temperature == 0 or request.sampling.seed is not None
 
 
-def cache_key(tenant_id: str | None, request: GenerateRequest, stream: bool) -> str:
+def cache_key(tenant_id: str | None, request: GenerateRequest, stream: bool, scope: dict | None = None) -> str:
+    """`scope`: what else the answer depends on (retrieval settings, the versions of the
+    collections it reads: a changed collection makes a new key)."""
     normalised = {
+        "scope": scope,
         "tenant": tenant_id,
         "model": request.model,
         "messages": request.messages,
@@ -40,14 +43,16 @@ def cache_key(tenant_id: str | None, request: GenerateRequest, stream: bool) -> 
 class CachedAnswer:
     deltas: tuple[Delta, ...]
     model: str | None  # the model that produced it (after routing and fallbacks)
+    annotations: dict | None = None  # the response's extension fields (citations)
 
     def to_json(self) -> str:
-        return json.dumps({"model": self.model, "deltas": [asdict(d) for d in self.deltas]}, separators=(",", ":"))
+        return json.dumps({"model": self.model, "deltas": [asdict(d) for d in self.deltas],
+                           "annotations": self.annotations}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> CachedAnswer:
         data = json.loads(text)
-        return cls(tuple(_delta(d) for d in data["deltas"]), data["model"])
+        return cls(tuple(_delta(d) for d in data["deltas"]), data["model"], data.get("annotations"))
 
 
 def _delta(fields: dict[str, Any]) -> Delta:

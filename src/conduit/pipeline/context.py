@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from conduit.backends import Delta
 from conduit.config import Prices
@@ -36,6 +37,8 @@ class RequestContext:
     prices: Prices | None = None  # of the model that answered
     cached_tokens: int = 0
     priority: int = 0  # in admission queues: higher leaves first
+    retrieval: Any = None  # the request's RetrievalSpec, if it asked for documents
+    annotations: dict | None = None  # extension fields for the response (citations)
 
     def note_route(self, reason: str) -> None:
         self.route.append(reason)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,6 +45,7 @@ Embed = Callable[[list[str]], np.ndarray]  # texts -> L2-normalised rows
 _CODE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]*`", re.DOTALL)
 _CHAIN = re.compile(r"(?<![\w)\]])(?:\[\s*\d+(?:\s*,\s*\d+)*\s*\])+")
 _GROUP = re.compile(r"\[([\d,\s]+)\]")
+_NUMBER = re.compile(r"\d+")
 # A sentence ends at a newline, or at . ! ? (with closing quotes and the markers that cite
 # it) before whitespace and a word that does not start in lower case ("e.g. the" goes on).
 _END = re.compile(r"\n|[.!?]+[\"'”’)]*(?:[ \t]*\[[\d,\s]+\])*(?=\s+[^a-z\s]|\s*\Z)")
@@ -91,9 +93,9 @@ def check_citations(answer: str, passages: Sequence[Passage], *, embed: Embed | 
         threshold = EMBEDDING_THRESHOLD if embed is not None else LEXICAL_THRESHOLD
     supports = _supports(checks, by_number, embed)
     sentences = [
-        SentenceCheck(text=sentence, start=start, end=end, citations=cited, support=support,
+        SentenceCheck(text=s.text, start=s.start, end=s.end, citations=s.cited, support=support,
                       supported=None if support is None else support >= threshold)
-        for (sentence, start, end, cited), support in zip(checks, supports)
+        for s, support in zip(checks, supports)
     ]
     cited_numbers = sorted({n for s in sentences for n in s.citations})
     return CitationReport(text=text, citations=[citation(by_number[n]) for n in cited_numbers],
@@ -101,7 +103,8 @@ def check_citations(answer: str, passages: Sequence[Passage], *, embed: Embed | 
 
 
 def check_streamed_answer(deltas: Iterable[str], passages: Sequence[Passage], *,
-                          embed: Embed | None = None, threshold: float | None = None) -> CitationReport:
+                          embed: Embed | None = None,
+                          threshold: float | None = None) -> CitationReport:
     """The same check on a streamed answer, once it has ended.
 
     The client has already received the raw text, invalid markers included: send the
@@ -128,34 +131,45 @@ def _remove_invalid_markers(answer: str, by_number: dict[int, Passage]) -> tuple
     pieces: list[str] = []
     last = 0
     for match in _CHAIN.finditer(_mask_code(answer)):
-        groups = [[int(n) for n in g.split(",") if n.strip()] for g in _GROUP.findall(match.group())]
+        groups = [[int(n) for n in _NUMBER.findall(group)]
+                  for group in _GROUP.findall(match.group())]
         bad = [n for group in groups for n in group if n not in by_number]
         if not bad:
             continue
         removed.extend(bad)
         good = [[n for n in group if n in by_number] for group in groups]
         good = [group for group in good if group]
-        start = match.start()
+        start, end = match.start(), match.end()
         if good:
             replacement = "".join("[" + ", ".join(map(str, group)) + "]" for group in good)
         else:  # drop the marker with the space before it: "word [7]." -> "word."
             replacement = ""
             while start > last and answer[start - 1] in " \t":
                 start -= 1
+            if start == 0 or answer[start - 1] == "\n":  # or after it, at a line's start
+                while end < len(answer) and answer[end] in " \t":
+                    end += 1
         pieces += [answer[last:start], replacement]
-        last = match.end()
+        last = end
     pieces.append(answer[last:])
     return "".join(pieces), removed
 
 
-def _sentences(text: str) -> list[tuple[str, int, int, tuple[int, ...]]]:
-    """(sentence, start, end, cited numbers); code blocks are not sentences.
+class _Sentence(NamedTuple):
+    text: str
+    start: int
+    end: int
+    cited: tuple[int, ...]
+
+
+def _sentences(text: str) -> list[_Sentence]:
+    """The answer's sentences and what each cites; code blocks are not sentences.
 
     A piece that is nothing but markers (a citation put on the next line) cites for the
     sentence before it.
     """
     masked = _mask_code(text, fence="\n")
-    result: list[tuple[str, int, int, tuple[int, ...]]] = []
+    result: list[_Sentence] = []
     start, carried = 0, None
     for end in [m.end() for m in _END.finditer(masked)] + [len(text)]:
         piece = masked[start:end]
@@ -169,48 +183,45 @@ def _sentences(text: str) -> list[tuple[str, int, int, tuple[int, ...]]]:
             continue
         span_start, carried = (span_start if carried is None else carried), None
         markers = list(_CHAIN.finditer(masked, span_start, span_end))
-        cited = tuple(dict.fromkeys(int(n) for m in markers for n in re.findall(r"\d+", m.group())))
+        cited = tuple(dict.fromkeys(int(n) for m in markers for n in _NUMBER.findall(m.group())))
         if not _CHAIN.sub("", masked[span_start:span_end]).strip(" \t.,;:!?") and result:
-            sentence, s_start, _, earlier = result[-1]
-            sentence = text[s_start:span_end]
-            result[-1] = (sentence, s_start, span_end, tuple(dict.fromkeys(earlier + cited)))
-            continue
-        result.append((text[span_start:span_end], span_start, span_end, cited))
+            previous = result.pop()
+            span_start, cited = previous.start, tuple(dict.fromkeys(previous.cited + cited))
+        result.append(_Sentence(text[span_start:span_end], span_start, span_end, cited))
     return result
 
 
-def _supports(checks: list[tuple[str, int, int, tuple[int, ...]]], by_number: dict[int, Passage],
+def _supports(checks: list[_Sentence], by_number: dict[int, Passage],
               embed: Embed | None) -> list[float | None]:
     vocabulary = {n: set(_tokenizer(p.text)) for n, p in by_number.items()}
-    claims = [_CHAIN.sub("", sentence) for sentence, _, _, _ in checks]
+    claims = [_CHAIN.sub("", check.text) for check in checks]
     lexical = [
-        lexical_support(claim, set().union(*(vocabulary[n] for n in cited))) if cited else None
-        for claim, (_, _, _, cited) in zip(claims, checks)
+        lexical_support(claim, set().union(*(vocabulary[n] for n in check.cited)))
+        if check.cited else None
+        for claim, check in zip(claims, checks)
     ]
     if embed is None:
         return lexical
     to_embed = [i for i, score in enumerate(lexical) if score is not None]
     if not to_embed:
         return lexical
-    cited_numbers = sorted({n for i in to_embed for n in checks[i][3]})
-    evidence = {n: passage_sentences(by_number[n].text) or [by_number[n].text] for n in cited_numbers}
-    texts = [claims[i] for i in to_embed] + [s for n in cited_numbers for s in evidence[n]]
+    # One batch: the claims, then every sentence of every cited passage.
+    cited = sorted({n for i in to_embed for n in checks[i].cited})
+    evidence = {n: passage_sentences(by_number[n].text) or [by_number[n].text] for n in cited}
+    texts = [claims[i] for i in to_embed] + [s for n in cited for s in evidence[n]]
     vectors = np.asarray(embed(texts))
-    claim_vectors, rows = vectors[:len(to_embed)], {}
-    offset = len(to_embed)
-    for n in cited_numbers:
-        rows[n] = vectors[offset:offset + len(evidence[n])]
-        offset += len(evidence[n])
+    bounds = np.cumsum([len(evidence[n]) for n in cited])[:-1]
+    rows = dict(zip(cited, np.split(vectors[len(to_embed):], bounds)))
     combined = list(lexical)
-    for vector, i in zip(claim_vectors, to_embed):
-        evidence_rows = np.concatenate([rows[n] for n in checks[i][3]])
+    for vector, i in zip(vectors[:len(to_embed)], to_embed):
+        evidence_rows = np.concatenate([rows[n] for n in checks[i].cited])
         cosine = float(np.clip((evidence_rows @ vector).max(), 0.0, 1.0))
         combined[i] = (lexical[i] + cosine) / 2
     return combined
 
 
 def _mask_code(text: str, fence: str = "_") -> str:
-    """`text` with code blanked out, offsets unchanged: inline code as "_", fenced blocks as `fence`."""
+    """`text` with code blanked out, offsets unchanged: inline code as "_", fences as `fence`."""
     def blank(match: re.Match) -> str:
         code = match.group()
         return (fence if code.startswith("```") else "_") * len(code)

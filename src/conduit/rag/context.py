@@ -118,15 +118,12 @@ def deduplicate(sources: Sequence[Source]) -> list[Source]:
     """
     order = sorted(range(len(sources)), key=lambda i: -sources[i].score)  # stable among ties
     kept: list[int] = []
-    shingles: dict[int, frozenset] = {}
+    shingles = [_shingles(source.text) for source in sources]
     for i in order:
-        source = sources[i]
-        shingles[i] = _shingles(source.text)
-        if any(_same_chunk(source, sources[j]) or (
-                not _adjacent(source, sources[j])
+        if not any(sources[i].chunk_id == sources[j].chunk_id or (
+                not _adjacent(sources[i], sources[j])
                 and _jaccard(shingles[i], shingles[j]) >= NEAR_DUPLICATE_JACCARD) for j in kept):
-            continue
-        kept.append(i)
+            kept.append(i)
     return [sources[i] for i in sorted(kept)]
 
 
@@ -136,31 +133,26 @@ def merge_adjacent(sources: Sequence[Source]) -> list[Passage]:
     Passages come best-ranked first. Chunks of different sections stay apart although the
     chunker may have numbered them consecutively: a passage is one citable place.
     """
-    groups: dict[tuple, list[tuple[int, Source]]] = {}
-    for rank, source in enumerate(sources):
-        groups.setdefault((source.file_id, source.section_path, source.page), []).append((rank, source))
-    passages = []
-    for members in groups.values():
-        members.sort(key=lambda member: member[1].position)
-        run = [members[0]]
-        for member in members[1:]:
-            if member[1].position == run[-1][1].position + 1:
-                run.append(member)
-            else:
-                passages.append(_passage(run))
-                run = [member]
-        passages.append(_passage(run))
-    passages.sort(key=lambda passage: passage.rank)
-    return passages
+    in_document_order = sorted(enumerate(sources), key=lambda item: (
+        item[1].file_id, item[1].section_path, item[1].page or 0, item[1].position))
+    runs: list[list[tuple[int, Source]]] = []
+    for rank, source in in_document_order:
+        previous = runs[-1][-1][1] if runs else None
+        if previous is not None and _place(previous) == _place(source) \
+                and source.position == previous.position + 1:
+            runs[-1].append((rank, source))
+        else:
+            runs.append([(rank, source)])
+    return sorted((_passage(run) for run in runs), key=lambda passage: passage.rank)
 
 
 def join_overlapping(first: str, second: str) -> str:
     """`first` + `second` with the text they share written once.
 
     The shared text is the longest suffix of `first` that is a prefix of `second` and ends
-    where a whitespace-separated word of `second` ends; in `first` it must not start inside a word, so that
-    "rebuild" + "build the index" stays as it is. (The chunker never starts a chunk inside
-    a word, so a real overlap always qualifies.)
+    where a whitespace-separated word of `second` ends. In `first` it must not start inside
+    a word, so that "rebuild" + "build the index" stays as it is (the chunker never starts a
+    chunk inside a word, so a real overlap always qualifies).
     """
     for end in reversed([m.end() for m in _TOKEN.finditer(second)]):
         start = len(first) - end
@@ -272,7 +264,8 @@ def _passage(run: list[tuple[int, Source]]) -> Passage:
 
 def _split_history(messages: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     """(history, tail): tail is the last user message onwards; system messages are in neither."""
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"),
+                    default=len(messages))
     history = [m for m in messages[:last_user] if not _is_system(m)]
     tail = [m for m in messages[last_user:] if not _is_system(m)]
     return history, tail
@@ -304,8 +297,8 @@ def message_text(message: dict) -> str:
     return "\n".join(parts)
 
 
-def _same_chunk(a: Source, b: Source) -> bool:
-    return a.chunk_id == b.chunk_id
+def _place(source: Source) -> tuple:
+    return source.file_id, source.section_path, source.page
 
 
 def _adjacent(a: Source, b: Source) -> bool:

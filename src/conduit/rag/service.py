@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +56,7 @@ class IngestError(Exception):
 
 
 class Collections:
-    def __init__(self, store: CollectionStore, embedder, index_dir: Path,  # noqa: ANN001 - LocalEmbedder-like
+    def __init__(self, store: CollectionStore, embedder, index_dir: Path,
                  retrieval: RetrievalOptions | None = None, max_file_bytes: int = 50 * 1024 * 1024) -> None:
         self.store = store
         self.embedder = embedder
@@ -66,6 +66,7 @@ class Collections:
         self._indexes: dict[str, ChunkIndex] = {}
         self._lock = threading.Lock()  # guards _indexes and catching up
         self._chunkers: dict[str, Chunker] = {}
+        self.listeners: list[Callable[[str], object]] = []  # told the id of a store whose content changed
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -84,12 +85,21 @@ class Collections:
         if not chunks:
             self.store.fail(store_id, file_id, "no_text", "the file has no text to index")
             raise IngestError("no_text", "the file has no text to index")
-        vectors = self.embedder.encode([c.embedding_text for c in chunks])
+        vectors = self._embed(file_id, [c.embedding_text for c in chunks])
         rows = [NewChunk(c.index, c.text, c.embedding_text[:len(c.embedding_text) - len(c.text)], c.token_count,
                          c.section_path, c.page) for c in chunks]
         self.store.commit_chunks(store_id, file_id, document.content_hash, rows, vectors)
         self.refresh(store_id)
         return len(chunks)
+
+    def _embed(self, file_id: str, texts: list[str]) -> np.ndarray:
+        """Embeddings of `texts`, reusing those of identical chunks already stored for the file:
+        an edited document re-embeds only the chunks that changed."""
+        known = self.store.embeddings_by_text(file_id)
+        missing = sorted({t for t in texts if t not in known})
+        if missing:
+            known.update(zip(missing, self.embedder.encode(missing)))
+        return np.stack([known[t] for t in texts])
 
     def _chunker(self, options: ChunkingOptions) -> Chunker:
         key = options.model_dump_json()
@@ -108,7 +118,11 @@ class Collections:
                 index = self._load(store_id)
                 self._indexes[store_id] = index
             if index.watermark != version:
+                changed = index.watermark >= 0  # not the first load of this index
                 self._catch_up(store_id, index, version)
+                if changed:
+                    for listener in self.listeners:
+                        listener(store_id)
             return index
 
     def _load(self, store_id: str) -> ChunkIndex:

@@ -148,6 +148,13 @@ class Registry:
                            param="model", code="model_not_found")
         return group
 
+    def context_length(self, model: str) -> int | None:
+        """The smallest context window among the model's deployments, where known."""
+        group = self.groups.get(model)
+        lengths = [h.settings.context_length or h.backend.max_model_len for h in group.deployments] if group else []
+        known = [n for n in lengths if n]
+        return min(known) if known else None
+
     def count_prompt_tokens(self, request: GenerateRequest) -> int:
         """The prompt's tokens by its model's tokenizer where we have it, else an estimate."""
         group = self.groups.get(request.model)

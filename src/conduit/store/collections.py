@@ -250,6 +250,13 @@ class CollectionStore:
                 found += [(i, f, h + t, np.frombuffer(e, dtype=np.float32)) for i, f, h, t, e in rows]
         return found
 
+    def embeddings_by_text(self, file_id: str) -> dict[str, np.ndarray]:
+        """The stored embeddings of a file's chunks, by the text that was embedded (header + text)."""
+        with self.db.session() as session:
+            rows = session.execute(select(ChunkRow.header, ChunkRow.text, ChunkRow.embedding)
+                                   .where(ChunkRow.file_id == file_id))
+            return {h + t: np.frombuffer(e, dtype=np.float32) for h, t, e in rows}
+
     def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         with self.db.session() as session:
             rows = session.scalars(select(ChunkRow).where(ChunkRow.id.in_(list(ids))))

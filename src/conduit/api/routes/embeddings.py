@@ -1,4 +1,4 @@
-"""POST /v1/embeddings: the bundled sentence-embedding model (all-MiniLM-L6-v2, 384 dimensions)."""
+"""POST /v1/embeddings: the configured embedding model (by default the bundled all-MiniLM-L6-v2)."""
 
 from __future__ import annotations
 
@@ -13,26 +13,26 @@ from conduit.errors import APIError
 from conduit.gateway.auth import Principal
 
 router = APIRouter()
-EMBEDDING_MODEL = "all-minilm-l6-v2"
 MAX_INPUTS = 2048
 
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request, principal: Principal = Depends(authenticated)) -> dict:
     body = await parse_body(request, EmbeddingsRequest)
-    if body.model != EMBEDDING_MODEL:
+    embedder = request.app.state.collections.embedder
+    if body.model != embedder.model_name:
         raise APIError(404, f"The embedding model '{body.model}' does not exist; this server has "
-                       f"'{EMBEDDING_MODEL}'.", param="model", code="model_not_found")
+                       f"'{embedder.model_name}'.", param="model", code="model_not_found")
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts or len(texts) > MAX_INPUTS or any(not t for t in texts):
         raise APIError(400, f"'input' takes 1 to {MAX_INPUTS} non-empty strings.", param="input", code="invalid_value")
-    if body.dimensions is not None and body.dimensions != 384:
-        raise APIError(400, f"'{EMBEDDING_MODEL}' has 384 dimensions only.", param="dimensions", code="invalid_value")
-    embedder = request.app.state.collections.embedder
+    if body.dimensions is not None and body.dimensions != embedder.dimensions:
+        raise APIError(400, f"'{embedder.model_name}' has {embedder.dimensions} dimensions only.", param="dimensions",
+                       code="invalid_value")
     vectors = (await embedder.aencode(texts)).astype(np.float32)
     tokens = embedder.count_tokens(texts)
     data = [{"object": "embedding", "index": i,
              "embedding": base64.b64encode(v.tobytes()).decode() if body.encoding_format == "base64" else v.tolist()}
             for i, v in enumerate(vectors)]
-    return {"object": "list", "data": data, "model": EMBEDDING_MODEL,
+    return {"object": "list", "data": data, "model": embedder.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

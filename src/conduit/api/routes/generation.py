@@ -32,6 +32,7 @@ CLIENT_CLOSED = 499
 async def chat_completions(request: Request, principal: Principal = Depends(authenticated)) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     ctx = request_context(request, "chat.completions", principal, body.model, body.stream)
+    ctx.retrieval = body.retrieval
     shape = _Shape(chat=True, id=ctx.id.replace("req-", "chatcmpl-"), model=body.model, logprobs=bool(body.logprobs))
     return await _respond(request, ctx, shape, [body.generate_request()], body.stream, body.include_usage)
 
@@ -68,7 +69,10 @@ async def _respond(
         if not stream:
             choices = await cancel_on_disconnect(request, _collect(deltas))
             log.record(ctx.record("ok", 200))
-            return JSONResponse(shape.completion(choices, shape.usage(ctx)),
+            extra = dict(ctx.annotations or {})
+            if "_answer" in extra and choices:
+                choices[0].text = [extra.pop("_answer")]
+            return JSONResponse({**shape.completion(choices, shape.usage(ctx)), **extra},
                                 headers={**_route_headers(ctx), **admitted.headers})
         # Wait for the first token before answering, so that errors found on the way
         # (unknown model, context too long) still get their own HTTP status.
@@ -183,6 +187,9 @@ async def _events(
             if delta.finish_reason is not None:
                 yield sse(shape.chunk(index, "", delta.finish_reason, include_usage))
             item = await anext(deltas, None)
+        if ctx.annotations:  # citations, after the text and before [DONE]
+            extra = {k: v for k, v in ctx.annotations.items() if not k.startswith("_")}
+            yield sse({**shape.envelope(), "choices": [], **extra})
         if include_usage:
             yield sse({**shape.envelope(), "choices": [], "usage": shape.usage(ctx)})
         yield sse("[DONE]")

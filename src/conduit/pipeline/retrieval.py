@@ -1,0 +1,110 @@
+"""The retrieve -> assemble-prompt stage, and the citation check after generation.
+
+A chat request opts in with the extension field `retrieval` (the SDK's `extra_body`). The
+stage searches the tenant's vector stores for the last user message, answers a configurable
+"not found" message without any model call when the best match is too weak, and otherwise
+rewrites the messages: sources numbered [1]..[N] in the system message, history trimmed to
+the model's context. After generation the answer's citations are checked against the sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from conduit.backends import GenerateRequest
+from conduit.config import RagSettings
+from conduit.errors import APIError
+from conduit.pipeline.context import RequestContext
+from conduit.rag.citations import CitationReport, check_citations
+from conduit.rag.context import Passage, Source, assemble, best_score, message_text
+from conduit.rag.service import Collections
+from conduit.rag.trigger import needs_retrieval
+from conduit.routing.registry import Registry
+
+DEFAULT_CONTEXT = 8192  # for upstream models whose context length is not configured
+
+
+class RetrievalSpec(BaseModel):
+    """The request's `retrieval` field; unset keys take the `rag` configuration's values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector_store_ids: list[str] = Field(min_length=1, max_length=10)
+    top_k: int | None = Field(None, ge=1, le=50)
+    mode: Literal["hybrid", "dense", "sparse"] | None = None
+    filters: dict | None = None
+    trigger: Literal["always", "auto", "never"] | None = None
+    min_score: float | None = Field(None, ge=0, le=1)
+    not_found_message: str | None = None
+
+
+@dataclass
+class Grounding:
+    """What retrieval did for one request."""
+
+    passages: list[Passage]
+    not_found: str | None = None  # the answer to give instead of calling a model
+    skipped: str | None = None  # why retrieval did not run: "trigger" (chit-chat)
+
+
+class RetrievalStage:
+    def __init__(self, collections: Collections, settings: RagSettings, registry: Registry) -> None:
+        self.collections = collections
+        self.settings = settings
+        self.registry = registry
+
+    async def versions(self, ctx: RequestContext, spec: RetrievalSpec) -> dict[str, int]:
+        """The stores' versions (for cache keys), after checking that the caller owns them."""
+        tenant = ctx.principal.tenant_id if ctx.principal else None
+        store = self.collections.store
+        for store_id in spec.vector_store_ids:
+            if await asyncio.to_thread(store.store, tenant, store_id) is None:
+                raise APIError(404, f"No vector store found with id '{store_id}'.", param="retrieval.vector_store_ids",
+                               code="not_found")
+        return await asyncio.to_thread(store.versions, spec.vector_store_ids)
+
+    async def prepare(self, ctx: RequestContext, request: GenerateRequest,
+                      spec: RetrievalSpec) -> tuple[GenerateRequest, Grounding]:
+        messages = request.messages or []
+        question = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+        trigger = spec.trigger or self.settings.trigger
+        if trigger == "never" or (trigger == "auto" and not needs_retrieval(question)):
+            return request, Grounding([], skipped="trigger")
+        results = await asyncio.to_thread(self.collections.search, spec.vector_store_ids, question,
+                                          spec.top_k or self.settings.top_k, spec.filters, spec.mode or self.settings.mode)
+        sources = [Source.from_result(r) for r in results]
+        if not sources or best_score(sources) < (spec.min_score if spec.min_score is not None else self.settings.min_score):
+            return request, Grounding([], not_found=spec.not_found_message or self.settings.not_found_message)
+        budget = self.registry.context_length(request.model) or DEFAULT_CONTEXT
+        reserve = min(request.sampling.max_tokens or self.settings.reserve_for_answer, budget // 2)
+        assembled = await asyncio.to_thread(assemble, messages, sources, budget_tokens=budget,
+                                            count_tokens=lambda text: self._count(request.model, text),
+                                            reserve_for_answer=reserve)
+        if not assembled.passages:
+            return request, Grounding([], not_found=spec.not_found_message or self.settings.not_found_message)
+        return replace(request, messages=assembled.messages), Grounding(assembled.passages)
+
+    def check(self, grounding: Grounding, answer: str) -> CitationReport:
+        return check_citations(answer, grounding.passages, threshold=self.settings.support_threshold)
+
+    def _count(self, model: str, text: str) -> int:
+        return self.registry.count_prompt_tokens(GenerateRequest(model=model, prompt=text))
+
+
+def annotations(report: CitationReport | None, grounding: Grounding) -> dict:
+    """The response's extension fields: `citations` and the check of each cited sentence."""
+    if grounding.not_found is not None:
+        return {"citations": [], "retrieval": {"status": "not_found"}}
+    if grounding.skipped is not None:
+        return {"citations": [], "retrieval": {"status": "skipped", "reason": grounding.skipped}}
+    assert report is not None
+    # "_answer": the text with citations of missing sources removed, for non-streamed responses.
+    return {"_answer": report.text, "citations": report.citations,
+            "retrieval": {"status": "grounded", "passages": len(grounding.passages),
+                          "unsupported_sentences": [s.text for s in report.unsupported],
+                          "removed_citations": report.removed_markers,
+                          "sentences": [s.to_dict() for s in report.sentences]}}
