@@ -51,6 +51,8 @@ def serve(
     if port is not None:
         settings.server.port = port
     logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every upstream request at INFO: the request log already has them.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     _, key_file = ensure_admin_key(
         settings.admin_key.get_secret_value() if settings.admin_key else None, settings.data_dir
     )

@@ -241,6 +241,8 @@ class EmbeddingSettings(BaseModel):
     model: str = Field("all-minilm-l6-v2", description="The name served and, for openai, sent upstream.")
     api_key_env: str | None = Field(None, description="openai: environment variable holding the key.")
     dimensions: int | None = Field(None, ge=1, description="openai: the vectors' size (required).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="local: auto = bfloat16 where the CPU computes it natively (AVX-512 BF16, AMX).")
 
     @model_validator(mode="after")
     def _upstream_needs_url_and_size(self) -> EmbeddingSettings:

@@ -7,13 +7,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conduit.errors import APIError
 from conduit.pipeline import RequestContext
 from conduit.pipeline.context import new_id
+
+# Not an HTTP status anyone receives (the client is gone); nginx's code for it, in the log.
+CLIENT_CLOSED = 499
 
 log = logging.getLogger("conduit.api")
 
@@ -92,7 +96,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, APIError(exc.status_code, str(message), code=kinds.get(exc.status_code)))
 
 
-async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+async def _server_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ClientDisconnect):  # gone while its body was read: nothing to answer, no fault of ours
+        writer = getattr(request.app.state, "request_log", None)
+        ctx = getattr(request.state, "ctx", None) or RequestContext(
+            endpoint=request.url.path, principal=getattr(request.state, "principal", None))
+        if writer is not None and request.url.path.startswith(("/v1/", "/admin/")):
+            writer.record(ctx.record("client_disconnected", CLIENT_CLOSED))
+        return Response(status_code=CLIENT_CLOSED)
     error_id = new_id("err")
     log.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
     error = APIError(500, f"The server had an error while processing your request (error id: {error_id}).",

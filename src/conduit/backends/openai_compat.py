@@ -184,6 +184,11 @@ async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta
     finish: dict[int, str | None] = {}
     async for data in events:
         if data == "[DONE]":
+            # Read on to the end of the body (nothing but the stream's last newline), so that
+            # the connection goes back to the pool instead of being closed: no new TCP (and TLS)
+            # handshake per request.
+            async for _ in events:
+                pass
             break
         try:
             chunk = json.loads(data)

@@ -12,6 +12,8 @@ import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import insert
+
 from conduit.store.db import Database
 from conduit.store.tables import RequestLog
 
@@ -85,7 +87,8 @@ class RequestLogWriter:
 
     def _write(self, batch: list[RequestRecord]) -> None:
         try:
+            # A Core executemany: half the cost of ORM objects per row, less GIL held in bursts.
             with self._db.session() as session:
-                session.add_all(RequestLog(**asdict(entry)) for entry in batch)
+                session.execute(insert(RequestLog), [asdict(entry) for entry in batch])
         except Exception:  # a database outage must not kill the writer; rows are reported
             log.exception("request log: failed to write %d rows (ids %s...)", len(batch), batch[0].id)

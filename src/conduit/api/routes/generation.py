@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from conduit.api.deps import authenticated, parse_body, request_context
-from conduit.api.errors import record_failure
+from conduit.api.errors import CLIENT_CLOSED, record_failure
 from conduit.api.schemas import ChatCompletionRequest, CompletionRequest
 from conduit.api.sse import ClientDisconnected, EventStream, cancel_on_disconnect, sse
 from conduit.backends import Delta, GenerateRequest, TokenLogprob
@@ -24,8 +24,6 @@ from conduit.pipeline.pipeline import Pipeline
 
 router = APIRouter()
 
-# Not an HTTP status anyone receives (the client is gone); nginx's code for it, in the log.
-CLIENT_CLOSED = 499
 
 
 @router.post("/v1/chat/completions")
