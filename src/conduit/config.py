@@ -263,8 +263,19 @@ class RagSettings(BaseModel):
         "I could not find this in the documents.", description="Answered, without a model call, when nothing "
         "relevant is found.")
     reserve_for_answer: int = Field(512, ge=16, description="Context tokens kept free for the answer.")
+    rerank: Literal["none", "lexical", "maxsim", "cross_encoder"] = Field(
+        "none", description="Reorder the retrieved candidates (see docs/rag.md for the measurements).")
+    rerank_candidates: int = Field(20, ge=1, le=200, description="How many candidates the reranker sees.")
+    cross_encoder_path: str | None = Field(None, description="A local sentence-transformers CrossEncoder directory.")
     support_threshold: float | None = Field(None, gt=0, le=1, description="Cited sentences need this support; "
                                             "default: measured.")
+
+
+    @model_validator(mode="after")
+    def _cross_encoder_needs_path(self) -> RagSettings:
+        if self.rerank == "cross_encoder" and not self.cross_encoder_path:
+            raise ValueError("rerank: cross_encoder needs cross_encoder_path")
+        return self
 
 
 class GatewaySettings(BaseModel):

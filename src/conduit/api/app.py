@@ -31,7 +31,7 @@ from conduit.gateway.limits import Limiter
 from conduit.observability.request_log import RequestLogWriter
 from conduit.pipeline.pipeline import Pipeline
 from conduit.pipeline.retrieval import RetrievalStage
-from conduit.rag.service import Collections, IngestJobs
+from conduit.rag.service import Collections, IngestJobs, make_reranker
 from conduit.routing.registry import Registry
 from conduit.routing.router import Router
 from conduit.store.collections import CollectionStore
@@ -67,8 +67,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.auth = Authenticator(admin_key, keys, settings.gateway.key_cache_ttl_s)
         answers = _answer_store(settings)
         embedder = make_embedder(settings.embeddings)  # one for retrieval, /v1/embeddings and the semantic cache
+        rag = settings.rag
         collections = Collections(CollectionStore(db, settings.data_dir / "files"), embedder,
-                                  settings.data_dir / "indexes")
+                                  settings.data_dir / "indexes",
+                                  reranker=make_reranker(rag.rerank, embedder, rag.cross_encoder_path),
+                                  rerank_candidates=rag.rerank_candidates)
         semantic = _semantic_cache(settings, embedder)
         if semantic is not None:  # free the answers that read a collection as soon as it changes
             collections.listeners.append(semantic.invalidate_collection)

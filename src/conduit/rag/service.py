@@ -29,6 +29,13 @@ from conduit.rag.document import ParsedDocument, SkipFile
 from conduit.rag.filters import Filter
 from conduit.rag.index import ChunkIndex
 from conduit.rag.parse import parse_bytes
+from conduit.rag.rerank import (
+    CrossEncoderReranker,
+    LexicalDenseReranker,
+    Reranker,
+    SentenceMaxSimReranker,
+    rerank,
+)
 from conduit.rag.retrieve import Hit, Mode, RetrievalOptions, Retriever
 from conduit.rag.snapshot import IndexCorrupt
 from conduit.store.collections import CollectionStore, NewChunk, StoredChunk
@@ -56,13 +63,16 @@ class IngestError(Exception):
 
 
 class Collections:
-    def __init__(self, store: CollectionStore, embedder, index_dir: Path,
-                 retrieval: RetrievalOptions | None = None, max_file_bytes: int = 50 * 1024 * 1024) -> None:
+    def __init__(self, store: CollectionStore, embedder, index_dir: Path,  # noqa: ANN001 - an embedder
+                 retrieval: RetrievalOptions | None = None, max_file_bytes: int = 50 * 1024 * 1024,
+                 reranker: Reranker | None = None, rerank_candidates: int = 20) -> None:
         self.store = store
         self.embedder = embedder
         self.index_dir = index_dir
         self.retrieval = retrieval or RetrievalOptions()
         self.max_file_bytes = max_file_bytes
+        self.reranker = reranker
+        self.rerank_candidates = rerank_candidates
         self._indexes: dict[str, ChunkIndex] = {}
         self._lock = threading.Lock()  # guards _indexes and catching up
         self._chunkers: dict[str, Chunker] = {}
@@ -175,14 +185,21 @@ class Collections:
                mode: Mode | None = None) -> list[SearchResult]:
         """The k best chunks over the stores (blocking: run it in a worker thread)."""
         vector = self.embedder.encode([query])[0] if (mode or self.retrieval.mode) != "sparse" else None
+        depth = max(k, self.rerank_candidates) if self.reranker is not None else k
         hits: list[tuple[str, Hit]] = []
         for store_id in store_ids:
             retriever = Retriever(self.refresh(store_id), self.embedder, self.retrieval)
-            hits += [(store_id, h) for h in retriever.search(query, k, mode=mode, filters=filters,
+            hits += [(store_id, h) for h in retriever.search(query, depth, mode=mode, filters=filters,
                                                              query_vector=vector)]
         hits.sort(key=lambda pair: -pair[1].score)
-        hits = hits[:k]
+        hits = hits[:depth]
         chunks = self.store.chunks([h.chunk_id for _, h in hits])
+        hits = [(s, h) for s, h in hits if h.chunk_id in chunks]
+        if self.reranker is not None and hits:
+            order = {h.chunk_id: s for s, h in hits}
+            texts = [chunks[h.chunk_id].header + chunks[h.chunk_id].text for _, h in hits]
+            hits = [(order[h.chunk_id], h) for h in rerank(self.reranker, query, [h for _, h in hits], texts)]
+        hits = hits[:k]
         names = {f.id: f.filename for f in self.store.files_named({c.file_id for c in chunks.values()})}
         files = {store_id: {f.file_id: json.loads(f.attributes_json or "{}") for f in self.store.store_files(store_id)}
                  for store_id in {s for s, _ in hits}}
@@ -234,3 +251,15 @@ class IngestJobs:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def make_reranker(kind: str, embedder, cross_encoder_path: str | None = None) -> Reranker | None:  # noqa: ANN001
+    """The configured reranker (`rag.rerank`); None for "none"."""
+    if kind == "lexical":
+        return LexicalDenseReranker()
+    if kind == "maxsim":
+        return SentenceMaxSimReranker(embedder)
+    if kind == "cross_encoder":
+        assert cross_encoder_path is not None  # checked by the settings
+        return CrossEncoderReranker(cross_encoder_path)
+    return None

@@ -1,0 +1,242 @@
+"""A small HTTP/1.1 load generator for bench/gateway.py: open loop at a fixed rate, or closed loop.
+
+    python bench/loadgen.py open   --url http://127.0.0.1:8000/v1/chat/completions --rate 200 --seconds 20
+    python bench/loadgen.py closed --url ... --connections 32 --seconds 15
+
+`open`: requests leave on a fixed schedule (rate per second) whatever the server does, over a pool
+of keep-alive connections (pre-opened; more are opened when all are busy, up to a limit, after which
+requests wait for a free one). A slow server never delays the schedule (no coordinated omission):
+a request's latency runs from the moment it is sent, waiting for a free connection or opening a new
+one included, to the last byte of the response. The event loop's timer wakes up to ~1 ms late;
+that slop is the generator's, not the server's, so it is left out and reported apart as
+`send_lateness_p99_ms`. `closed`: N connections, each sending its next request as soon as the last
+one answered (the fallback for saturation when wrk is missing).
+
+Every request body is unique (a counter in the prompt) and deterministic (temperature 0), so a
+gateway's exact-cache lookup runs and misses. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    path: str
+    model: str
+    key: str | None
+
+    @classmethod
+    def parse(cls, url: str, model: str, key: str | None) -> Target:
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/", model, key)
+
+
+class Requests:
+    """Pre-rendered request bytes; only the counter in the prompt changes."""
+
+    def __init__(self, target: Target, tag: str) -> None:
+        auth = f"authorization: Bearer {target.key}\r\n" if target.key else ""
+        self._head = (f"POST {target.path} HTTP/1.1\r\nhost: {target.host}:{target.port}\r\n"
+                      f"content-type: application/json\r\n{auth}content-length: ").encode()
+        self._model = json.dumps(target.model)
+        self._tag = tag
+        self._counter = 0
+
+    def next(self) -> bytes:
+        self._counter += 1
+        body = (f'{{"model":{self._model},"messages":[{{"role":"user","content":'
+                f'"bench {self._tag}-{self._counter}: say hello"}}],"temperature":0,"max_tokens":16}}').encode()
+        return self._head + str(len(body)).encode() + b"\r\n\r\n" + body
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, target: Target) -> Connection:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        return cls(reader, writer)
+
+    async def exchange(self, request: bytes) -> int:
+        """Send one request, read the whole response; returns the status code."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        if "content-length" in headers:
+            await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:  # no length: the body runs to the end of the connection
+            await self.reader.read()
+            raise ConnectionResetError("response without a length")
+        if headers.get("connection") == "close":
+            raise ConnectionResetError("server closed the connection")
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class Tally:
+    latencies_ms: list[float] = field(default_factory=list)
+    lateness_ms: list[float] = field(default_factory=list)  # how late the generator itself sent
+    statuses: dict[int, int] = field(default_factory=dict)
+    failures: int = 0
+    connections_opened: int = 0
+
+    def summary(self, seconds: float) -> dict[str, object]:
+        ordered = sorted(self.latencies_ms)
+        ok = self.statuses.get(200, 0)
+        return {
+            "requests": len(ordered), "ok": ok, "statuses": {str(k): v for k, v in self.statuses.items()},
+            "failures": self.failures, "seconds": round(seconds, 3), "rps": round(ok / seconds, 1) if seconds else 0,
+            "connections_opened": self.connections_opened,
+            "send_lateness_p99_ms": _percentile(sorted(self.lateness_ms), 99),
+            "p50_ms": _percentile(ordered, 50), "p90_ms": _percentile(ordered, 90),
+            "p99_ms": _percentile(ordered, 99), "max_ms": ordered[-1] if ordered else None,
+            "mean_ms": sum(ordered) / len(ordered) if ordered else None,
+        }
+
+
+def _percentile(ordered: list[float], p: float) -> float | None:
+    if not ordered:
+        return None
+    rank = max(0, math.ceil(p / 100 * len(ordered)) - 1)
+    return round(ordered[rank], 3)
+
+
+class Pool:
+    """Keep-alive connections: idle ones are reused, new ones opened up to `limit`, then requests
+    wait (and the wait counts in their latency)."""
+
+    def __init__(self, target: Target, tally: Tally, limit: int) -> None:
+        self._target, self._tally, self._limit = target, tally, limit
+        self._idle: asyncio.Queue[Connection] = asyncio.Queue()
+        self._opened = 0
+
+    async def fill(self, size: int) -> None:
+        for connection in await asyncio.gather(*(self._open() for _ in range(size))):
+            self._idle.put_nowait(connection)
+
+    async def _open(self) -> Connection:
+        self._opened += 1
+        self._tally.connections_opened += 1
+        return await Connection.open(self._target)
+
+    async def _acquire(self) -> Connection:
+        if not self._idle.empty() or self._opened >= self._limit:
+            return await self._idle.get()
+        return await self._open()
+
+    async def send(self, request: bytes, scheduled: float, record: bool) -> None:
+        since = time.perf_counter()
+        if record:
+            self._tally.lateness_ms.append((since - scheduled) * 1000)
+        connection = await self._acquire()
+        try:
+            status = await connection.exchange(request)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            connection.close()
+            self._opened -= 1
+            if record:
+                self._tally.failures += 1
+            return
+        self._idle.put_nowait(connection)
+        if record:
+            self._tally.latencies_ms.append((time.perf_counter() - since) * 1000)
+            self._tally.statuses[status] = self._tally.statuses.get(status, 0) + 1
+
+    def close(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
+
+
+async def open_loop(target: Target, rate: float, seconds: float, warmup_s: float, connections: int,
+                    max_connections: int) -> dict:
+    tally = Tally()
+    pool = Pool(target, tally, max(connections, max_connections))
+    await pool.fill(connections)
+    requests = Requests(target, secrets.token_hex(4))
+    total = int((warmup_s + seconds) * rate)
+    warm = int(warmup_s * rate)
+    tasks: set[asyncio.Task] = set()
+    start = time.perf_counter() + 0.05
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(pool.send(requests.next(), scheduled, record=i >= warm))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    pool.close()
+    result = tally.summary(seconds)
+    result.update(mode="open", target_rate=rate)
+    return result
+
+
+async def closed_loop(target: Target, connections: int, seconds: float, warmup_s: float) -> dict:
+    tally = Tally()
+    requests = Requests(target, secrets.token_hex(4))
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
+
+    async def worker() -> None:
+        pool = Pool(target, tally, 1)
+        await pool.fill(1)
+        while (now := time.perf_counter()) < stop_at:
+            await pool.send(requests.next(), now, record=now >= measure_from)
+        pool.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    result = tally.summary(seconds)
+    result.update(mode="closed", connections=connections)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["open", "closed"])
+    parser.add_argument("--url", required=True, help="Full URL of the endpoint, e.g. .../v1/chat/completions")
+    parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--key", default=None, help="Bearer key, if the target needs one.")
+    parser.add_argument("--rate", type=float, default=200.0, help="open: requests per second.")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=2.0, help="Seconds sent but not recorded first.")
+    parser.add_argument("--connections", type=int, default=32, help="Opened up front (closed: the load).")
+    parser.add_argument("--max-connections", type=int, default=256, help="open: most connections at once.")
+    args = parser.parse_args()
+    target = Target.parse(args.url, args.model, args.key)
+    if args.mode == "open":
+        result = asyncio.run(open_loop(target, args.rate, args.seconds, args.warmup, args.connections,
+                                       args.max_connections))
+    else:
+        result = asyncio.run(closed_loop(target, args.connections, args.seconds, args.warmup))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
