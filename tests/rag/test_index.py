@@ -81,7 +81,7 @@ def test_dense_replacing_an_id_moves_it() -> None:
 def test_dense_filtered_search_returns_k_allowed_results(allowed_count: int) -> None:
     vectors = clustered(3000, seed=3)
     ids = np.arange(3000, dtype=np.int64)
-    index = DenseIndex(exact_scan_limit=500)  # so that 900 and 2500 take the graph path
+    index = DenseIndex(exact_scan_limit=500)  # 900 and 2500 take the graph path, 3 and 40 not
     index.add(ids, vectors)
     index.delete(range(0, 3000, 5))
     allowed = np.sort(np.random.default_rng(allowed_count).choice(3000, allowed_count, False))
@@ -101,8 +101,8 @@ def test_dense_similarities_and_empty_cases() -> None:
     index.add(range(10), vectors)
     assert index.search(vectors[0], 50)[0].size == 10  # k above the count: all of them
     sims = index.similarities(vectors[0] * 3, [0, 4, 12345])
-    assert sims[0] == pytest.approx(1.0, abs=1e-5)
-    assert sims[1] == pytest.approx(float(vectors[4] @ vectors[0]), abs=1e-5)
+    assert sims[0] == pytest.approx(1.0, abs=1e-3)
+    assert sims[1] == pytest.approx(float(vectors[4] @ vectors[0]), abs=1e-3)
     assert math.isnan(sims[2])
 
 

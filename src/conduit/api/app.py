@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import torch
 from fastapi import FastAPI
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.auth = Authenticator(admin_key, keys, settings.gateway.key_cache_ttl_s)
         answers = _answer_store(settings)
         embedder = make_embedder(settings.embeddings)  # one for retrieval, /v1/embeddings and the semantic cache
+        torch.set_num_threads(settings.embeddings.server_threads)  # this process's torch: embeddings only
         rag = settings.rag
         collections = Collections(CollectionStore(db, settings.data_dir / "files"), embedder,
                                   settings.data_dir / "indexes",

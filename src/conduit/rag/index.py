@@ -100,9 +100,12 @@ class ChunkIndex:
     def load(cls, directory: str | Path, tokenizer: Tokenizer | None = None) -> ChunkIndex:
         """Raises `IndexCorrupt` unless all parts are complete and from the same save."""
         directory = Path(directory)
-        attributes = AttributeStore.load(directory / "attributes")
-        sparse = SparseIndex.load(directory / "sparse", tokenizer)
-        dense = DenseIndex.load(directory / "dense")
+        try:
+            attributes = AttributeStore.load(directory / "attributes")
+            sparse = SparseIndex.load(directory / "sparse", tokenizer)
+            dense = DenseIndex.load(directory / "dense")
+        except (OSError, ValueError, KeyError) as e:  # listed files that do not parse
+            raise IndexCorrupt(f"{directory}: {e}") from e
         parts = (attributes.saved_meta, sparse.saved_meta, dense.saved_meta)
         if len({(p["generation"], p["count"]) for p in parts}) != 1:
             raise IndexCorrupt(f"{directory}: its parts come from different saves")

@@ -65,7 +65,7 @@ class IngestError(Exception):
 class Collections:
     def __init__(self, store: CollectionStore, embedder, index_dir: Path,  # noqa: ANN001 - an embedder
                  retrieval: RetrievalOptions | None = None, max_file_bytes: int = 50 * 1024 * 1024,
-                 reranker: Reranker | None = None, rerank_candidates: int = 20) -> None:
+                 reranker: Reranker | None = None, rerank_candidates: int = 30) -> None:
         self.store = store
         self.embedder = embedder
         self.index_dir = index_dir

@@ -102,7 +102,10 @@ def _build_segment(terms: np.ndarray, slots: np.ndarray, freqs: np.ndarray, term
 
 
 class SparseIndex:
-    """BM25 (Lucene's idf and length normalisation) over integer chunk ids."""
+    """BM25 over integer chunk ids, Lucene's variant: a term adds
+    ln(1 + (N - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * (1 - b + b * length / avg_length)).
+    Scores equal bm25s's method="lucene" (bench/rag_index.py checks); each distinct query
+    term counts once."""
 
     def __init__(self, tokenizer: Tokenizer | None = None, k1: float = 1.2,
                  b: float = 0.75) -> None:
