@@ -20,10 +20,10 @@ from fastapi import FastAPI
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
 from conduit.api.routes import admin, embeddings, generation, metrics, models, usage, vector_stores
-from conduit.config import Settings
 from conduit.backends.embeddings import LocalEmbedder, OpenAIEmbedder, make_embedder
 from conduit.cache import ExactCache
 from conduit.cache.exact import AnswerStore
+from conduit.config import Settings
 from conduit.gateway.auth import Authenticator, ensure_admin_key
 from conduit.gateway.budget import Budgets
 from conduit.gateway.gatekeeper import Gatekeeper

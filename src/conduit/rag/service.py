@@ -63,7 +63,7 @@ class IngestError(Exception):
 
 
 class Collections:
-    def __init__(self, store: CollectionStore, embedder, index_dir: Path,  # noqa: ANN001 - an embedder
+    def __init__(self, store: CollectionStore, embedder, index_dir: Path,
                  retrieval: RetrievalOptions | None = None, max_file_bytes: int = 50 * 1024 * 1024,
                  reranker: Reranker | None = None, rerank_candidates: int = 30) -> None:
         self.store = store
@@ -253,7 +253,7 @@ class IngestJobs:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def make_reranker(kind: str, embedder, cross_encoder_path: str | None = None) -> Reranker | None:  # noqa: ANN001
+def make_reranker(kind: str, embedder, cross_encoder_path: str | None = None) -> Reranker | None:
     """The configured reranker (`rag.rerank`); None for "none"."""
     if kind == "lexical":
         return LexicalDenseReranker()
