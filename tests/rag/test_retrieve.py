@@ -153,9 +153,10 @@ def test_hits_carry_ranks_and_the_dense_similarity(passage_index: ChunkIndex,
         hits = retriever.search(query, 5)
         q = unit(embedder.encode([query])[0])
         for hit in hits:
-            # float16 copies score hits that BM25 alone found: close, not bit-equal.
+            # float16 copies score hits that BM25 alone found, and a bfloat16 embedder's output
+            # moves in the third decimal with the batch it ran in: close, not bit-equal.
             assert hit.similarity == pytest.approx(float(vectors[hit.chunk_id - 1000] @ q),
-                                                   abs=1e-3)
+                                                   abs=5e-3)
             assert hit.dense_rank is not None or hit.sparse_rank is not None
     # "make" matches the bread passage: found by BM25 alone, its similarity is still there.
     assert any(h.dense_rank is None and h.chunk_id == 1018 for h in hits)
