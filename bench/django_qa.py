@@ -115,24 +115,31 @@ def _question_sections(page: etree._Element) -> list[etree._Element]:
             and not any(_is_section(inner) for inner in section.iterdescendants())]
 
 
+def _chrome_kind(element: etree._Element) -> str | None:
+    names = _classes(element)
+    if "sphinxsidebar" in names or element.get("id") == "sidebar":
+        return "sidebar"
+    if "contents" in names and ("topic" in names or "local" in names):
+        return "local toc"
+    if "toctree-wrapper" in names:
+        return "toctree"
+    if "headerlink" in names:
+        return "permalink"
+    return None
+
+
 def _remove_chrome(page: etree._Element, counts: dict[str, int]) -> None:
-    for element in list(page.iter()):
-        if not isinstance(element.tag, str):
-            continue
-        names = _classes(element)
-        if "sphinxsidebar" in names or element.get("id") == "sidebar":
-            kind = "sidebar"
-        elif "contents" in names and ("topic" in names or "local" in names):
-            kind = "local toc"
-        elif "toctree-wrapper" in names:
-            kind = "toctree"
-        elif "headerlink" in names:
-            kind = "permalink"
-        else:
-            continue
-        if element.getroottree().getroot() is page:  # not inside a part dropped already
-            _drop(element)
+    """Drop sidebars, tables of contents and permalinks (the outermost one of nested ones)."""
+    walker = etree.iterwalk(page, events=("start",))
+    found = []
+    for _, element in walker:
+        kind = _chrome_kind(element) if isinstance(element.tag, str) else None
+        if kind:
+            found.append(element)
             counts[kind] = counts.get(kind, 0) + 1
+            walker.skip_subtree()
+    for element in found:
+        _drop(element)
 
 
 def _clean_faq_page(page: etree._Element, relative: str, counts: dict[str, int]) -> list[Question]:
@@ -205,7 +212,8 @@ def build_corpus(source: Path, destination: Path, max_pages: int | None = None) 
         others = [others[int(i * step)] for i in range(room)]
     if destination.exists():
         shutil.rmtree(destination)
-    counts: dict[str, int] = {"pages excluded": len(_source_pages_all(source)) - len(pages)}
+    every_page = [p for p in source.rglob("*.html") if p.relative_to(source).parts[0] != "_static"]
+    counts: dict[str, int] = {"pages excluded": len(every_page) - len(pages)}
     questions: list[Question] = []
     trees: dict[Path, etree._Element] = {}
     for path in sorted(faq + others):
@@ -228,11 +236,6 @@ def build_corpus(source: Path, destination: Path, max_pages: int | None = None) 
     corpus = Corpus(destination, sorted(files), questions, counts)
     _locate_answers(corpus)
     return corpus
-
-
-def _source_pages_all(source: Path) -> list[Path]:
-    return [p for p in source.rglob("*.html")
-            if p.relative_to(source).parts[0] not in ("_static", "_images")]
 
 
 def _normalised(text: str) -> tuple[str, list[int]]:

@@ -52,9 +52,10 @@ def main() -> None:
     args = parser.parse_args()
 
     django_qa.ensure_debian_package(django_qa.DJANGO_PACKAGE, django_qa.DJANGO_HTML)
-    corpus = django_qa.build_corpus(django_qa.DJANGO_HTML, RESULTS / "django-corpus", args.max_pages)
-    questions = [q.text for q in corpus.questions]
     work = Path(tempfile.mkdtemp(prefix="rag-http-"))
+    # A private copy: bench/rag.py may be reading its own at the same time.
+    corpus = django_qa.build_corpus(django_qa.DJANGO_HTML, work / "corpus", args.max_pages)
+    questions = [q.text for q in corpus.questions]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")},
            "CONDUIT_DATA_DIR": str(work), "CONDUIT_ADMIN_KEY": "cdk-admin-bench", "CONDUIT_SERVER__LOG_LEVEL": "warning",
            "CONDUIT_MODELS": json.dumps([{"name": "none", "deployments": [
