@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 
 from conduit.store.db import Database
 from conduit.store.tables import ChunkRow, StoredFile, VectorStore, VectorStoreFile
@@ -74,12 +75,17 @@ class CollectionStore:
             session.execute(update(StoredFile).where(StoredFile.id == file_id)
                             .values(bytes=len(data), content_hash=content_hash))
 
-    def file(self, tenant_id: str | None, file_id: str) -> StoredFile | None:
+    def _one(self, query: Select) -> Any:
+        """The first row of `query` (a select of one mapped class), detached so that it outlives
+        the session."""
         with self.db.session() as session:
-            row = session.scalar(select(StoredFile).where(StoredFile.id == file_id, _owned(StoredFile, tenant_id)))
+            row = session.scalar(query)
             if row is not None:
                 session.expunge(row)
             return row
+
+    def file(self, tenant_id: str | None, file_id: str) -> StoredFile | None:
+        return self._one(select(StoredFile).where(StoredFile.id == file_id, _owned(StoredFile, tenant_id)))
 
     def file_bytes(self, file_id: str) -> bytes:
         return (self.files_dir / file_id).read_bytes()
@@ -121,19 +127,11 @@ class CollectionStore:
         return row
 
     def store(self, tenant_id: str | None, store_id: str) -> VectorStore | None:
-        with self.db.session() as session:
-            row = session.scalar(select(VectorStore).where(VectorStore.id == store_id, _owned(VectorStore, tenant_id)))
-            if row is not None:
-                session.expunge(row)
-            return row
+        return self._one(select(VectorStore).where(VectorStore.id == store_id, _owned(VectorStore, tenant_id)))
 
     def store_by_name(self, tenant_id: str | None, name: str) -> VectorStore | None:
-        with self.db.session() as session:
-            row = session.scalar(select(VectorStore).where(VectorStore.name == name, _owned(VectorStore, tenant_id))
-                                 .order_by(VectorStore.created_at))
-            if row is not None:
-                session.expunge(row)
-            return row
+        return self._one(select(VectorStore).where(VectorStore.name == name, _owned(VectorStore, tenant_id))
+                         .order_by(VectorStore.created_at))
 
     def stores(self, tenant_id: str | None) -> list[VectorStore]:
         with self.db.session() as session:
@@ -176,11 +174,8 @@ class CollectionStore:
         return row
 
     def store_file(self, store_id: str, file_id: str) -> VectorStoreFile | None:
-        with self.db.session() as session:
-            row = session.get(VectorStoreFile, (store_id, file_id))
-            if row is not None:
-                session.expunge(row)
-            return row
+        return self._one(select(VectorStoreFile).where(VectorStoreFile.vector_store_id == store_id,
+                                                       VectorStoreFile.file_id == file_id))
 
     def store_files(self, store_id: str) -> list[VectorStoreFile]:
         with self.db.session() as session:
@@ -190,12 +185,8 @@ class CollectionStore:
             return rows
 
     def file_by_source(self, store_id: str, source: str) -> VectorStoreFile | None:
-        with self.db.session() as session:
-            row = session.scalar(select(VectorStoreFile).where(VectorStoreFile.vector_store_id == store_id,
-                                                               VectorStoreFile.source == source))
-            if row is not None:
-                session.expunge(row)
-            return row
+        return self._one(select(VectorStoreFile).where(VectorStoreFile.vector_store_id == store_id,
+                                                       VectorStoreFile.source == source))
 
     def unfinished(self) -> list[tuple[str, str, str, str]]:
         """(store id, file id, filename, chunking JSON) of every file still in_progress."""
