@@ -187,8 +187,9 @@ class Collections:
         vector = self.embedder.encode([query])[0] if (mode or self.retrieval.mode) != "sparse" else None
         depth = max(k, self.rerank_candidates) if self.reranker is not None else k
         hits: list[tuple[str, Hit]] = []
-        for store_id in store_ids:
-            retriever = Retriever(self.refresh(store_id), self.embedder, self.retrieval)
+        indexes = {store_id: self.refresh(store_id) for store_id in store_ids}
+        for store_id, index in indexes.items():
+            retriever = Retriever(index, self.embedder, self.retrieval)
             hits += [(store_id, h) for h in retriever.search(query, depth, mode=mode, filters=filters,
                                                              query_vector=vector)]
         hits.sort(key=lambda pair: -pair[1].score)
@@ -201,11 +202,16 @@ class Collections:
             hits = [(order[h.chunk_id], h) for h in rerank(self.reranker, query, [h for _, h in hits], texts)]
         hits = hits[:k]
         names = {f.id: f.filename for f in self.store.files_named({c.file_id for c in chunks.values()})}
-        files = {store_id: {f.file_id: json.loads(f.attributes_json or "{}") for f in self.store.store_files(store_id)}
-                 for store_id in {s for s, _ in hits}}
         return [SearchResult(chunks[h.chunk_id], h, names.get(chunks[h.chunk_id].file_id, ""),
-                             files[store_id].get(chunks[h.chunk_id].file_id, {}))
-                for store_id, h in hits if h.chunk_id in chunks]
+                             _file_attributes(indexes[store_id], h.chunk_id))
+                for store_id, h in hits]
+
+
+def _file_attributes(index: ChunkIndex, chunk_id: int) -> dict:
+    """The attributes the chunk's file was attached with, as the index holds them for filtering
+    (without the `file_id` the index adds for filters by file)."""
+    record = index.attributes.get(chunk_id)
+    return {k: v for k, v in record[1].items() if k != "file_id"} if record else {}
 
 
 class IngestJobs:

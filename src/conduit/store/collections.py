@@ -75,6 +75,13 @@ class CollectionStore:
             session.execute(update(StoredFile).where(StoredFile.id == file_id)
                             .values(bytes=len(data), content_hash=content_hash))
 
+    def _all(self, query: Select) -> list:
+        """Every row of `query`, detached so that they outlive the session."""
+        with self.db.session() as session:
+            rows = list(session.scalars(query))
+            session.expunge_all()
+            return rows
+
     def _one(self, query: Select) -> Any:
         """The first row of `query` (a select of one mapped class), detached so that it outlives
         the session."""
@@ -91,17 +98,10 @@ class CollectionStore:
         return (self.files_dir / file_id).read_bytes()
 
     def files_named(self, file_ids: set[str]) -> list[StoredFile]:
-        with self.db.session() as session:
-            rows = list(session.scalars(select(StoredFile).where(StoredFile.id.in_(file_ids))))
-            session.expunge_all()
-            return rows
+        return self._all(select(StoredFile).where(StoredFile.id.in_(file_ids)))
 
     def files(self, tenant_id: str | None) -> list[StoredFile]:
-        with self.db.session() as session:
-            rows = list(session.scalars(select(StoredFile).where(_owned(StoredFile, tenant_id))
-                                        .order_by(StoredFile.created_at.desc())))
-            session.expunge_all()
-            return rows
+        return self._all(select(StoredFile).where(_owned(StoredFile, tenant_id)).order_by(StoredFile.created_at.desc()))
 
     def delete_file(self, tenant_id: str | None, file_id: str) -> list[str]:
         """Delete a file everywhere; returns the vector stores it was removed from."""
@@ -134,11 +134,8 @@ class CollectionStore:
                          .order_by(VectorStore.created_at))
 
     def stores(self, tenant_id: str | None) -> list[VectorStore]:
-        with self.db.session() as session:
-            rows = list(session.scalars(select(VectorStore).where(_owned(VectorStore, tenant_id))
-                                        .order_by(VectorStore.created_at.desc())))
-            session.expunge_all()
-            return rows
+        return self._all(select(VectorStore).where(_owned(VectorStore, tenant_id))
+                         .order_by(VectorStore.created_at.desc()))
 
     def all_stores(self) -> list[tuple[str, str | None]]:
         """(id, name) of every tenant's stores: for maintenance commands only."""
@@ -178,11 +175,8 @@ class CollectionStore:
                                                        VectorStoreFile.file_id == file_id))
 
     def store_files(self, store_id: str) -> list[VectorStoreFile]:
-        with self.db.session() as session:
-            rows = list(session.scalars(select(VectorStoreFile).where(VectorStoreFile.vector_store_id == store_id)
-                                        .order_by(VectorStoreFile.created_at.desc())))
-            session.expunge_all()
-            return rows
+        return self._all(select(VectorStoreFile).where(VectorStoreFile.vector_store_id == store_id)
+                         .order_by(VectorStoreFile.created_at.desc()))
 
     def file_by_source(self, store_id: str, source: str) -> VectorStoreFile | None:
         return self._one(select(VectorStoreFile).where(VectorStoreFile.vector_store_id == store_id,

@@ -78,12 +78,11 @@ async def delete_file(file_id: str, request: Request, principal: Principal = Dep
 @router.post("/vector_stores")
 async def create_vector_store(request: Request, principal: Principal = Depends(authenticated)) -> dict:
     body = await parse_body(request, CreateVectorStore)
-    for file_id in body.file_ids:
-        await _own_file(request, principal, file_id)
+    files = [await _own_file(request, principal, file_id) for file_id in body.file_ids]
     chunking = (body.chunking_strategy.options() if body.chunking_strategy else ChunkingOptions()).model_dump()
     row = await asyncio.to_thread(_store(request).create_store, principal.tenant_id, body.name, chunking, body.metadata)
-    for file_id in body.file_ids:
-        await _attach(request, row, file_id, None)
+    for stored in files:
+        await _attach(request, row, stored, None)
     return await _store_json(request, row)
 
 
@@ -110,8 +109,8 @@ async def delete_vector_store(store_id: str, request: Request, principal: Princi
 async def attach_file(store_id: str, request: Request, principal: Principal = Depends(authenticated)) -> dict:
     body = await parse_body(request, AttachFile)
     store = await _own_store(request, principal, store_id)
-    await _own_file(request, principal, body.file_id)
-    return await _attach(request, store, body.file_id, body.attributes)
+    stored = await _own_file(request, principal, body.file_id)
+    return await _attach(request, store, stored, body.attributes)
 
 
 @router.get("/vector_stores/{store_id}/files")
@@ -174,13 +173,10 @@ def relevance(hit: Any) -> float:
 
 # -- helpers ------------------------------------------------------------------------------------
 
-async def _attach(request: Request, store: VectorStore, file_id: str, attributes: dict | None) -> dict:
-    files = _store(request)
-    stored = await asyncio.to_thread(files.file, store.tenant_id, file_id)
-    row = await asyncio.to_thread(files.attach, store.id, file_id, attributes)
+async def _attach(request: Request, store: VectorStore, stored: StoredFile, attributes: dict | None) -> dict:
+    row = await asyncio.to_thread(_store(request).attach, store.id, stored.id, attributes)
     jobs: IngestJobs = request.app.state.ingest_jobs
-    jobs.submit(store.id, file_id, stored.filename if stored else file_id,
-                ChunkingOptions.model_validate_json(store.chunking))
+    jobs.submit(store.id, stored.id, stored.filename, ChunkingOptions.model_validate_json(store.chunking))
     return _store_file_json(row)
 
 
