@@ -1,0 +1,1 @@
+"""Guards: prompt injection, PII, output checks."""
