@@ -30,7 +30,7 @@ def _new_key(server: ServerProcess, tenant: str) -> tuple[str, str]:
 def test_healthz_and_readyz(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/readyz")
-    assert ready.status_code == 200 and ready.json()["models"] == {"smollm2": "ready"}
+    assert ready.status_code == 200 and ready.json()["models"] == {"smollm2": "ready", "gemma": "ready"}
 
 
 def test_stream_disconnect_stops_generation(server: ServerProcess) -> None:

@@ -1,4 +1,4 @@
-"""Embedded inference engine: a llama-architecture GGUF run by our own torch code.
+"""Embedded inference engine: a llama- or gemma3-architecture GGUF run by our own torch code.
 
 `LLM` generates for one sequence at a time; `EngineCore` batches many (paged KV cache, prefix
 caching, chunked prefill, preemption); `AsyncEngine` runs that core in its own process.

@@ -3,9 +3,16 @@
 The model calls only `attend(layer, q, k, v)`; the caller calls `reserve(n)` before each forward
 to say where the step's tokens go. A paged cache with batching keeps that interface and swaps
 the storage (block tables instead of one contiguous row per sequence).
+
+Sliding-window layers (Gemma 3's local layers; `windows[layer]` set) see only the last `window`
+positions: a query at position p attends to p - window + 1 .. p. They read just those positions
+(whole blocks, masked at both ends); their cache slots outside the window are kept, not freed,
+since the same blocks hold the whole-context layers' keys.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +33,17 @@ class KVCache:
         head_dim: int,
         max_len: int,
         dtype: torch.dtype,
+        windows: Sequence[int | None] = (),
     ):
         self.data = torch.empty(num_layers, 2, num_kv_heads, max_len, head_dim, dtype=dtype)
+        self.windows = list(windows) or [None] * num_layers
         self.keys = [self.data[i, 0] for i in range(num_layers)]
         self.values = [self.data[i, 1] for i in range(num_layers)]
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.max_len = max_len
         self.length = 0  # tokens stored, including the step in flight
         self._start = 0
-        self._mask: torch.Tensor | None = None
+        self._masks: dict[int | None, tuple[int, torch.Tensor | None]] = {}
 
     def reserve(self, num_tokens: int) -> None:
         """Claim slots for the next forward's tokens (positions length .. length+num_tokens-1)."""
@@ -42,11 +51,9 @@ class KVCache:
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} > {self.max_len} positions")
         self._start, self.length = start, end
-        # Several new tokens after cached ones cannot use is_causal (it aligns the diagonal at 0).
-        self._mask = None
-        if num_tokens > 1 and start > 0:
-            rows = torch.arange(start, end).unsqueeze(1)
-            self._mask = torch.arange(end).unsqueeze(0) <= rows
+        # Per window: the first position read, and the mask (None: plain causal from 0). Several
+        # new tokens after cached ones cannot use is_causal (it aligns the diagonal at 0).
+        self._masks = {w: _window_mask(start, end, w) for w in set(self.windows)}
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, heads, d], k/v [T, kv_heads, d] for the reserved slots -> [T, heads * d]."""
@@ -54,7 +61,8 @@ class KVCache:
         keys, values = self.keys[layer], self.values[layer]
         keys[:, start:end] = k.transpose(0, 1)
         values[:, start:end] = v.transpose(0, 1)
-        keys, values = keys[:, :end], values[:, :end]
+        first, mask = self._masks[self.windows[layer]]
+        keys, values = keys[:, first:end], values[:, first:end]
         if num_tokens == 1:
             # Decode: the query heads sharing a kv head become that head's "query rows", so
             # grouped-query attention is one batched call with no mask and no repeated kv.
@@ -65,11 +73,25 @@ class KVCache:
                 q.transpose(0, 1),
                 keys,
                 values,
-                attn_mask=self._mask,
-                is_causal=self._mask is None,
+                attn_mask=mask,
+                is_causal=mask is None,
                 enable_gqa=True,
             ).transpose(0, 1)
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
+
+
+def _window_mask(start: int, end: int, window: int | None) -> tuple[int, torch.Tensor | None]:
+    """Queries at positions start..end-1 over keys first..end-1: (first, boolean mask or None
+    where plain causal attention from `first` = 0 is right)."""
+    first = 0 if window is None else max(0, start - window + 1)
+    if start == 0 and (window is None or end <= window):
+        return first, None
+    rows = torch.arange(start, end).unsqueeze(1)
+    cols = torch.arange(first, end).unsqueeze(0)
+    mask = cols <= rows
+    if window is not None:
+        mask &= cols > rows - window
+    return first, mask
 
 
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -97,7 +119,9 @@ class PagedKVCache:
         num_blocks: int,
         block_size: int,
         dtype: torch.dtype = torch.float32,
+        windows: Sequence[int | None] = (),
     ):
+        self.windows = list(windows) or [None] * num_layers
         shape = (num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim)
         self.data = torch.zeros(shape, dtype=dtype)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -120,21 +144,40 @@ class PagedKVCache:
         included. prefills: (first token row, number of rows, block table, context length)."""
         self._slot_mapping = slot_mapping
         self._num_decodes = 0 if decode_tables is None else decode_tables.shape[0]
-        if self._num_decodes:
-            self._decode_rows = self._rows(decode_tables.reshape(-1))
-            width = decode_tables.shape[1] * self.block_size
-            past_end = torch.arange(width).unsqueeze(0) >= decode_lengths.unsqueeze(1)
-            bias = torch.zeros(past_end.shape).masked_fill_(past_end, float("-inf"))
-            self._decode_bias = bias.view(1, self._num_decodes, 1, width)
-            self._decode_width = width
-        self._prefills = []
-        for start, count, table, length in prefills:
-            blocks = self._rows(torch.tensor(table[: -(-length // self.block_size)]))
-            mask = None  # a chunk with no cached context before it is plain causal
-            if length > count:
-                rows = torch.arange(length - count, length).unsqueeze(1)
-                mask = torch.arange(length).unsqueeze(0) <= rows
-            self._prefills.append((start, count, blocks, length, mask))
+        # What each kind of layer reads: per window (None = whole context), the decodes' rows,
+        # mask bias and width, and each prefill chunk's (start, count, rows, first, mask).
+        self._views = {
+            window: (
+                self._decode_view(decode_tables, decode_lengths, window)
+                if self._num_decodes
+                else None,
+                [self._prefill_view(*chunk, window) for chunk in prefills],
+            )
+            for window in set(self.windows)
+        }
+
+    def _decode_view(self, tables: torch.Tensor, lengths: torch.Tensor, window: int | None):
+        bs = self.block_size
+        first_block = torch.zeros_like(lengths)
+        if window is not None:  # only the blocks holding the last `window` positions
+            first_block = (lengths - window).clamp(min=0) // bs
+        count = int(((lengths + bs - 1) // bs - first_block).max())
+        index = first_block.unsqueeze(1) + torch.arange(count)  # [B, count] block indices
+        blocks = tables.gather(1, index.clamp(max=tables.shape[1] - 1))
+        positions = (index.unsqueeze(-1) * bs + torch.arange(bs)).view(len(lengths), -1)
+        masked = positions >= lengths.unsqueeze(1)  # past the end (and clamped padding)
+        if window is not None:
+            masked |= positions < (lengths - window).unsqueeze(1)
+        bias = torch.zeros(masked.shape).masked_fill_(masked, float("-inf"))
+        width = count * bs
+        return self._rows(blocks.reshape(-1)), bias.view(1, len(lengths), 1, width), width
+
+    def _prefill_view(self, start: int, count: int, table: list[int], length: int, window):
+        """A chunk of `count` queries ending at position `length` - 1."""
+        first, mask = _window_mask(length - count, length, window)
+        first_block = first // self.block_size
+        blocks = self._rows(torch.tensor(table[first_block : -(-length // self.block_size)]))
+        return start, count, blocks, first - first_block * self.block_size, length - first, mask
 
     def _rows(self, blocks: torch.Tensor) -> torch.Tensor:
         """Block ids -> rows of the [kv_heads * blocks, block_size * head_dim] view, head-major:
@@ -154,17 +197,19 @@ class PagedKVCache:
         value_slots.index_copy_(1, self._slot_mapping, v.transpose(0, 1))
         out = torch.empty(q.shape[0], h * d)
         b = self._num_decodes
+        decode, prefills = self._views[self.windows[layer]]
         if b:
+            rows, bias, width = decode
             # Query heads sharing a kv head are that head's query rows: [kvh, B, group, d].
             qd = q[:b].view(b, kvh, h // kvh, d).transpose(0, 1) * d**-0.5
-            ctx_k = self._gather(layer, 0, self._decode_rows).view(kvh, b, self._decode_width, d)
-            ctx_v = self._gather(layer, 1, self._decode_rows).view(kvh, b, self._decode_width, d)
-            scores = torch.matmul(qd, ctx_k.transpose(-1, -2)) + self._decode_bias
+            ctx_k = self._gather(layer, 0, rows).view(kvh, b, width, d)
+            ctx_v = self._gather(layer, 1, rows).view(kvh, b, width, d)
+            scores = torch.matmul(qd, ctx_k.transpose(-1, -2)) + bias
             attended = torch.matmul(scores.softmax(-1), ctx_v)  # [kvh, B, group, d]
             out[:b] = attended.permute(1, 0, 2, 3).reshape(b, h * d)
-        for start, count, blocks, length, mask in self._prefills:
-            ctx_k = self._gather(layer, 0, blocks)[:, :length]
-            ctx_v = self._gather(layer, 1, blocks)[:, :length]
+        for start, count, blocks, skip, length, mask in prefills:
+            ctx_k = self._gather(layer, 0, blocks)[:, skip : skip + length]
+            ctx_v = self._gather(layer, 1, blocks)[:, skip : skip + length]
             attended = F.scaled_dot_product_attention(
                 q[start : start + count].transpose(0, 1),
                 ctx_k,

@@ -1,4 +1,5 @@
-"""Load a model for the engine: a llama GGUF, or random weights of a named shape ("dummy").
+"""Load a model for the engine: a llama or gemma3 GGUF, or random llama weights of a named shape
+("dummy").
 
 Dummy models are for benchmarks at sizes we have no file for: the tensors are random (seeded by
 name, so two loads agree) and the tokenizer is the bundled SmolLM2's.
@@ -13,7 +14,8 @@ from pathlib import Path
 import gguf
 import torch
 
-from conduit.engine.gguf_loader import GGUFModelFile, ModelConfig, resolve_model_path
+from conduit.engine.gemma import GemmaModel
+from conduit.engine.gguf_loader import Q4_TYPES, GGUFModelFile, ModelConfig, resolve_model_path
 from conduit.engine.model import LlamaModel, int4_kernel_available
 from conduit.engine.tokenizer import Tokenizer
 
@@ -47,7 +49,7 @@ def auto_dtype() -> str:
 
 @dataclass
 class LoadedModel:
-    model: LlamaModel
+    model: LlamaModel | GemmaModel
     tokenizer: Tokenizer
     name: str
     max_model_len: int
@@ -84,8 +86,11 @@ def load_model(
         raise ValueError("quantization 'int4' needs dtype bfloat16 and torch's CPU int4 kernel")
     if quantization == "auto":
         int4 = dtype == "bfloat16" and int4_kernel_available()
+        # Only Q4_0/Q4_1 weights stay 4-bit (Gemma's Q4_K_M file has none: all dequantized).
+        int4 = int4 and any(file.quant_type(n) in Q4_TYPES for n in file.tensors)
         quantization = "int4+dense" if int4 else "none"
-    model = LlamaModel(file, DTYPES[dtype], quantization, max_positions=max_model_len or limit)
+    model_class = GemmaModel if file.config.architecture == "gemma3" else LlamaModel
+    model = model_class(file, DTYPES[dtype], quantization, max_positions=max_model_len or limit)
     return LoadedModel(model, tokenizer, name, max_model_len or limit, dtype, quantization)
 
 

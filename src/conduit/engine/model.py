@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from conduit.engine.gguf_loader import Q4_TYPES, GGUFModelFile, ModelConfig
+from conduit.engine.gguf_loader import Q4_TYPES, GGUFModelFile
 from conduit.engine.kv_cache import KVCache
 
 
@@ -87,6 +87,30 @@ class Int4Linear:
         )
 
 
+def load_linear(file: GGUFModelFile, names: tuple[str, ...], dtype: torch.dtype, quantization: str):
+    """One matmul for the named weights stacked by rows (fused q|k|v, gate|up: fewer kernel
+    launches per token). Q4_0/Q4_1 weights stay 4-bit under "int4"/"int4+dense" (see
+    Int4Linear); anything else is dequantized to `dtype`."""
+    rows = sum(file.tensors[n].data.shape[0] for n in names)
+    int4 = quantization in ("int4", "int4+dense")
+    if int4 and rows % 16 == 0 and all(file.quant_type(n) in Q4_TYPES for n in names):
+        parts = [file.q4(n) for n in names]
+        return Int4Linear(
+            *(torch.cat(p) for p in zip(*parts)),
+            dtype=dtype,
+            keep_dense=quantization == "int4+dense",
+        )
+    weights = [file.dense(n).to(dtype) for n in names]
+    return DenseLinear(weights[0] if len(weights) == 1 else torch.cat(weights))
+
+
+def check_quantization(dtype: torch.dtype, quantization: str) -> None:
+    if quantization in ("int4", "int4+dense") and (
+        dtype != torch.bfloat16 or not int4_kernel_available()
+    ):
+        raise ValueError("int4 weights need dtype bfloat16 and torch's CPU int4 kernel")
+
+
 class Layer:
     def __init__(self, attn_norm, qkv, o_proj, ffn_norm, gate_up, down):
         self.attn_norm, self.qkv, self.o_proj = attn_norm, qkv, o_proj
@@ -110,21 +134,10 @@ class LlamaModel:
         weights packed; "int4+dense" also keeps a dense copy for many-row inputs (prefill)."""
         c = self.config = file.config
         self.dtype = dtype
-        int4 = quantization in ("int4", "int4+dense")
-        if int4 and (dtype != torch.bfloat16 or not int4_kernel_available()):
-            raise ValueError("int4 weights need dtype bfloat16 and torch's CPU int4 kernel")
+        check_quantization(dtype, quantization)
 
         def linear(*names: str):
-            # Fused projections (q|k|v, gate|up) are one matmul: fewer kernel launches per token.
-            rows = sum(file.tensors[n].data.shape[0] for n in names)
-            if int4 and rows % 16 == 0 and all(file.quant_type(n) in Q4_TYPES for n in names):
-                parts = [file.q4(n) for n in names]
-                return Int4Linear(
-                    *(torch.cat(p) for p in zip(*parts)),
-                    dtype=dtype,
-                    keep_dense=quantization == "int4+dense",
-                )
-            return DenseLinear(torch.cat([file.dense(n) for n in names]).to(dtype))
+            return load_linear(file, names, dtype, quantization)
 
         self.layers = []
         for i in range(c.num_layers):
@@ -143,8 +156,8 @@ class LlamaModel:
         self.embed_tokens = file.dense("token_embd.weight").to(dtype)
         self.lm_head = linear("token_embd.weight" if c.tie_word_embeddings else "output.weight")
         rope_factors = file.dense("rope_freqs.weight") if file.has("rope_freqs.weight") else None
-        self.cos, self.sin = _rope_tables(
-            c, max_positions or c.max_position_embeddings, rope_factors
+        self.cos, self.sin = rope_tables(
+            c.head_dim, c.rope_theta, max_positions or c.max_position_embeddings, rope_factors
         )
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
@@ -178,7 +191,7 @@ class LlamaModel:
             x = F.rms_norm(hidden, layer.attn_norm.shape, layer.attn_norm, eps)
             qkv = layer.qkv(x.to(dtype)).float()
             # q and k are rotated together: they sit side by side in the fused projection.
-            qk = _rope(
+            qk = rope(
                 qkv[:, : self.q_size + self.kv_size].view(num_tokens, qk_heads, c.head_dim),
                 cos,
                 sin,
@@ -197,12 +210,12 @@ class LlamaModel:
         return logits[0] if logits_indices is None else logits
 
 
-def _rope_tables(c: ModelConfig, max_positions: int, factors: torch.Tensor | None):
+def rope_tables(
+    head_dim: int, theta: float, max_positions: int, factors: torch.Tensor | float | None = None
+):
     """cos and sign-folded sin for every position, shaped [max_positions, 1, head_dim]."""
-    inv_freq = 1.0 / (
-        c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.int64).float() / c.head_dim)
-    )
-    if factors is not None:  # llama3-style scaling ships as per-frequency divisors
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if factors is not None:  # llama3 scaling: per-frequency divisors; linear: one divisor
         inv_freq = inv_freq / factors
     freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
     cos, sin = freqs.cos(), freqs.sin()
@@ -210,5 +223,5 @@ def _rope_tables(c: ModelConfig, max_positions: int, factors: torch.Tensor | Non
     return torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([-sin, sin], -1).unsqueeze(1)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+def rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)

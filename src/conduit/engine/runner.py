@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import torch
 
+from conduit.engine.gemma import GemmaModel
 from conduit.engine.kv_cache import PagedKVCache
 from conduit.engine.model import LlamaModel
 from conduit.engine.scheduler import ScheduledBatch, Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int):
+    def __init__(self, model: LlamaModel | GemmaModel, num_blocks: int, block_size: int):
         c = model.config
         self.model = model
         self.block_size = block_size
         self.kv = PagedKVCache(
-            c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, num_blocks, block_size
+            c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, num_blocks, block_size,
+            windows=[c.layer_window(i) for i in range(c.num_layers)],
         )
 
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:

@@ -1,5 +1,6 @@
-"""Tokenizer rebuilt from a GGUF's vocabulary and merges, plus chat templates and streaming
-detokenization. Built to give the same ids and text as transformers' GGUF tokenizer."""
+"""Tokenizer rebuilt from a GGUF's vocabulary and merges (byte-level BPE, or Gemma's
+sentencepiece BPE), plus chat templates and streaming detokenization. Built to give the same ids
+and text as transformers' GGUF tokenizer."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from datetime import datetime
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _Backend
 
 from conduit.engine.gguf_loader import GGUFModelFile
 
-_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
+_CONTROL, _USER_DEFINED, _BYTE = 3, 4, 6  # llama.cpp token types
 
 # Pre-tokenizer splits keyed by `tokenizer.ggml.pre`; anything else gets GPT-2's regex.
 _LLAMA3_SPLIT = (
@@ -50,57 +51,20 @@ def _bytes_to_unicode() -> dict[int, str]:
 class Tokenizer:
     def __init__(self, file: GGUFModelFile):
         kind = file.get("tokenizer.ggml.model")
-        if kind != "gpt2":
-            raise ValueError(
-                f"{file.path.name}: tokenizer model {kind!r} is not supported "
-                "(only byte-level BPE, 'gpt2')."
-            )
         tokens: list[str] = file.get("tokenizer.ggml.tokens")
         types: list[int] = file.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-        merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges") or []]
-
-        spelling = _bytes_to_unicode()
-        alphabet = set(spelling.values())
-        # Tokens outside the byte alphabet are re-spelled byte by byte, as transformers does.
-        spelled = [
-            t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()) for t in tokens
-        ]
-        backend = _Backend(models.BPE(vocab={t: i for i, t in enumerate(spelled)}, merges=merges))
-        split = _PRE_TOKENIZER_SPLITS.get(file.get("tokenizer.ggml.pre"))
-        if split is None:
-            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if kind == "gpt2":
+            backend, self.token_bytes, special = _byte_level_bpe(file, tokens, types)
+        elif kind == "llama":
+            backend, self.token_bytes, special = _sentencepiece_bpe(file, tokens, types)
         else:
-            backend.pre_tokenizer = pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-                ]
+            raise ValueError(
+                f"{file.path.name}: tokenizer model {kind!r} is not supported "
+                "(byte-level BPE 'gpt2', or sentencepiece BPE 'llama')."
             )
-        backend.decoder = decoders.ByteLevel()
-        # Control tokens (<|im_start|>) are special: matched whole, skipped when decoding.
-        # A "control" token outside the byte alphabet is a llama.cpp mislabel; leave it be.
-        special = [
-            i
-            for i, (t, kind) in enumerate(zip(tokens, types))
-            if kind == _CONTROL and set(t) <= alphabet
-        ]
-        backend.add_special_tokens(
-            [AddedToken(tokens[i], special=True, normalized=False) for i in special]
-        )
-        backend.add_tokens(
-            [
-                AddedToken(t, special=False, normalized=False)
-                for t, kind in zip(tokens, types)
-                if kind == _USER_DEFINED and set(t) <= alphabet
-            ]
-        )
         self._backend = backend
-
         self.vocab_size = len(tokens)
         self.special_ids = frozenset(special)
-        byte_of = {c: b for b, c in spelling.items()}
-        # Raw bytes per id: streaming decodes bytes, so a character split over tokens waits whole.
-        self.token_bytes = [bytes(byte_of[c] for c in t) for t in spelled]
 
         self.bos_token_id = file.get("tokenizer.ggml.bos_token_id")
         self.eos_token_id = file.get("tokenizer.ggml.eos_token_id")
@@ -146,6 +110,99 @@ class Tokenizer:
             eos_token=self.eos_token or "",
             **kwargs,
         )
+
+
+def _byte_level_bpe(file: GGUFModelFile, tokens: list[str], types: list[int]):
+    """GPT-2 style: every token spelled in the byte alphabet, merges listed in the file.
+    Returns the backend, each id's raw bytes and the special ids."""
+    merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges") or []]
+    spelling = _bytes_to_unicode()
+    alphabet = set(spelling.values())
+    # Tokens outside the byte alphabet are re-spelled byte by byte, as transformers does.
+    spelled = [
+        t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()) for t in tokens
+    ]
+    backend = _Backend(models.BPE(vocab={t: i for i, t in enumerate(spelled)}, merges=merges))
+    split = _PRE_TOKENIZER_SPLITS.get(file.get("tokenizer.ggml.pre"))
+    if split is None:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    backend.decoder = decoders.ByteLevel()
+    # A "control" token outside the byte alphabet is a llama.cpp mislabel; leave it be.
+    special = _add_tokens(backend, tokens, types, lambda t: set(t) <= alphabet)
+    byte_of = {c: b for b, c in spelling.items()}
+    # Raw bytes per id: streaming decodes bytes, so a character split over tokens waits whole.
+    return backend, [bytes(byte_of[c] for c in t) for t in spelled], special
+
+
+def _sentencepiece_bpe(file: GGUFModelFile, tokens: list[str], types: list[int]):
+    """SentencePiece BPE as llama.cpp stores it (Gemma): pieces spell a space as "▁", bytes
+    with no piece fall back to <0xXX> tokens, and the file has scores but no merges. Built as
+    transformers builds its GGUF Gemma tokenizer, so ids match it."""
+    if file.get("tokenizer.ggml.add_space_prefix", True):
+        raise ValueError(
+            f"{file.path.name}: sentencepiece with a space prefix (llama 2 style) is not "
+            "supported; only Gemma-style vocabularies are."
+        )
+    # Runs of spaces are stored as real spaces; the model spells them with "▁" like the rest.
+    spelled = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(spelled)}
+    merges = [tuple(m.split(" ", 1)) for m in file.get("tokenizer.ggml.merges") or []]
+    unknown = file.get("tokenizer.ggml.unknown_token_id")
+    backend = _Backend(
+        models.BPE(
+            vocab=vocab,
+            merges=merges or _merges_from_vocab(spelled, vocab),
+            unk_token=None if unknown is None else spelled[unknown],
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    special = _add_tokens(backend, tokens, types, lambda t: t in vocab)
+    token_bytes = [
+        bytes([int(t[3:5], 16)]) if kind == _BYTE else t.replace("▁", " ").encode()
+        for t, kind in zip(spelled, types)
+    ]
+    return backend, token_bytes, special
+
+
+def _merges_from_vocab(spelled: list[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every split of a piece into two pieces, ranked by the piece's position in the file (which
+    is Gemma's merge order; its scores are not), a longer left part first. ~1.5 s for 262k."""
+    merges = []
+    for piece in spelled:
+        for i in range(len(piece) - 1, 0, -1):
+            if piece[:i] in vocab and piece[i:] in vocab:
+                merges.append((piece[:i], piece[i:]))
+    return merges
+
+
+def _add_tokens(backend: _Backend, tokens: list[str], types: list[int], usable) -> list[int]:
+    """Control tokens (<|im_start|>) become special: matched whole, skipped when decoding.
+    User-defined ones (<think>, Gemma's newline runs) become plain added tokens, matched whole
+    too, as llama.cpp does. Returns the special ids."""
+    special = [i for i, (t, k) in enumerate(zip(tokens, types)) if k == _CONTROL and usable(t)]
+    backend.add_special_tokens(
+        [AddedToken(tokens[i], special=True, normalized=False) for i in special]
+    )
+    backend.add_tokens(
+        [
+            AddedToken(t, special=False, normalized=False)
+            for t, kind in zip(tokens, types)
+            if kind == _USER_DEFINED and usable(t)
+        ]
+    )
+    return special
 
 
 class IncrementalDetokenizer:
