@@ -407,6 +407,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.sentences, args.seed)
     print_report(result)
+    OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {OUT}")
 

@@ -23,7 +23,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults() -> None:
     settings = Settings()
     assert settings.server.port == 8000 and settings.server.host == "127.0.0.1"
-    assert [m.name for m in settings.models] == ["smollm2"]
+    assert [m.name for m in settings.models] == ["smollm2", "gemma"]
     assert settings.resolved_database_url.endswith("data/conduit.db")
 
 

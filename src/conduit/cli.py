@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from conduit.cli_guards import guards_app
 from conduit.cli_rag import index_app, ingest
 from conduit.config import Settings
 
@@ -21,6 +22,7 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(index_app, name="index")
+app.add_typer(guards_app, name="guards")
 app.command()(ingest)
 console = Console()
 err = Console(stderr=True)

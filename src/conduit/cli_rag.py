@@ -16,7 +16,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 index_app = typer.Typer(help="Maintain the retrieval indexes.", no_args_is_help=True)
@@ -41,7 +48,11 @@ def _collections(settings):  # noqa: ANN001, ANN202 - Settings -> (Collections, 
     db = Database(settings.resolved_database_url)
     db.migrate()
     store = CollectionStore(db, settings.data_dir / "files")
-    return Collections(store, make_embedder(settings.embeddings), settings.data_dir / "indexes"), KeyStore(db)
+    from conduit.safety.injection import InjectionDetector
+
+    scorer = InjectionDetector.load().score  # indirect prompt injection: flagged at ingestion
+    return (Collections(store, make_embedder(settings.embeddings), settings.data_dir / "indexes",
+                        injection_scorer=scorer), KeyStore(db))
 
 
 def ingest(

@@ -19,6 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from conduit.safety.policy import GuardPolicy
+
 
 class ServerSettings(BaseModel):
     host: str = "127.0.0.1"
@@ -64,7 +66,8 @@ class Deployment(BaseModel):
     backend: Literal["embedded", "openai"] = "embedded"
     id: str | None = Field(None, description="Name in logs and metrics; default: derived from the model.")
     # embedded
-    source: str = Field("smollm2", description="embedded: 'smollm2' (bundled) or a llama GGUF path.")
+    source: str = Field("smollm2", description="embedded: 'smollm2' or 'gemma3-270m' (bundled) "
+                        "or a GGUF path (llama or gemma3 architecture).")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     max_model_len: int | None = Field(None, ge=16, description="embedded: cap on the context length.")
     load_format: Literal["gguf", "dummy"] = Field("gguf", description="embedded: 'dummy' = random weights (benchmarks).")
@@ -130,6 +133,7 @@ class ModelSettings(BaseModel):
     context_fallback: str | None = Field(None, description="Model with a longer context, for long prompts.")
     deadline_s: float = Field(300.0, gt=0, description="Overall limit per request, retries included.")
     queue: QueueSettings = QueueSettings()
+    guards: dict[str, Any] | None = Field(None, description="Overrides of `guards` for this model.")
 
     @field_validator("name")
     @classmethod
@@ -229,6 +233,8 @@ class TenantSettings(BaseModel):
     limits: Limits = Field(default_factory=Limits, description="For all of the tenant's keys together.")
     model_limits: dict[str, Limits] = Field(default_factory=dict, description="Per model, for all its keys.")
     budget: Budget | None = None
+    guards: dict[str, Any] | None = Field(None, description="Overrides of `guards` for this tenant "
+                                          "(over the model's).")
 
 
 class EmbeddingSettings(BaseModel):
@@ -302,7 +308,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
     admin_key: SecretStr | None = Field(None, description="Admin API key; generated on first start if unset.")
     server: ServerSettings = ServerSettings()
-    models: list[ModelSettings] = Field(default_factory=lambda: [ModelSettings(name="smollm2")])
+    models: list[ModelSettings] = Field(default_factory=lambda: [
+        ModelSettings(name="smollm2"),
+        # A base model, for legacy completions only: it has no chat template.
+        ModelSettings(name="gemma", source="gemma3-270m", capabilities=["completions"])])
     request_log: RequestLogSettings = RequestLogSettings()
     tenants: list[TenantSettings] = Field(default_factory=list)
     router: RouterSettings | None = None
@@ -310,6 +319,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     rag: RagSettings = RagSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
+    guards: GuardPolicy = GuardPolicy()
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Used where a store is 'redis'.")
 
     @model_validator(mode="after")
@@ -322,6 +332,8 @@ class Settings(BaseSettings):
             for target in [*m.fallbacks, *([m.context_fallback] if m.context_fallback else [])]:
                 if target not in known:
                     raise ValueError(f"model '{m.name}' falls back to unknown model '{target}'")
+        for owner in [*self.models, *self.tenants]:
+            self.guards.merged(owner.guards)  # a bad override fails at start, not on a request
         if self.router is not None:
             if self.router.name in known:
                 raise ValueError(f"router name '{self.router.name}' is also a model's name")

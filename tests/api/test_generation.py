@@ -104,7 +104,7 @@ def test_completions_several_prompts(client: OpenAI, model_name: str) -> None:
 
 
 def test_models_list(client: OpenAI, model_name: str) -> None:
-    assert [m.id for m in client.models.list()] == [model_name]
+    assert [m.id for m in client.models.list()] == [model_name, "gemma"]
     assert client.models.retrieve(model_name).id == model_name
 
 

@@ -4,8 +4,11 @@
 
 Modes (also switchable at run time with POST /_control {"mode": ...}, or per request with
 `"model": "fault:<mode>"`): ok, error500, rate429, hang, slow_first, drop_mid, bad_json, bad_sse,
-wrong_type, bad_request, context_too_long, cite (answers from the system prompt's source [1] with
-citations, one unsupported and one to a missing source). GET /_stats returns how many requests it saw.
+wrong_type, bad_request, context_too_long; and scripted answers: cite (from the system prompt's
+source [1] with citations, one unsupported and one to a missing source), quote (source [1]'s first two
+sentences, cited), echo (the last user
+message), leak (the system prompt), made_up (claims no source supports), json (broken JSON, then
+valid JSON when told it was invalid), bad_json_always (unterminated JSON). GET /_stats returns how many requests it saw and the last one's body.
 POST /_webhook records a JSON body, GET /_webhooks lists them (a budget webhook's receiver).
 `"hard"` in the last message makes the answer's log-probabilities low (for the cascade).
 """
@@ -32,6 +35,7 @@ class State:
     requests = 0
     delay_s = 2.0
     webhooks: list = []
+    bodies: list = []  # the generation requests received, newest last
 
 
 def app(name: str) -> Starlette:
@@ -42,7 +46,7 @@ def app(name: str) -> Starlette:
         return JSONResponse({"mode": State.mode})
 
     async def stats(request: Request) -> Response:
-        return JSONResponse({"requests": State.requests, "mode": State.mode})
+        return JSONResponse({"requests": State.requests, "mode": State.mode, "last_body": State.bodies[-1:]})
 
     async def webhook(request: Request) -> Response:
         State.webhooks.append(await request.json())
@@ -72,13 +76,15 @@ def app(name: str) -> Starlette:
     async def generate(request: Request) -> Response:
         State.requests += 1
         body = await request.json()
+        State.bodies = [*State.bodies[-9:], body]
         mode = body["model"].removeprefix("fault:") if body["model"].startswith("fault:") else State.mode
         chat = request.url.path.endswith("/chat/completions")
         last = body["messages"][-1]["content"] if chat else body["prompt"]
         logprob = -3.0 if "hard" in str(last) else -0.1
         words = [w.format(name=name) for w in WORDS]
-        if mode == "cite":
-            words = _citing_answer(body["messages"]).split(" ")
+        if mode in _SCRIPTED:
+            text = _SCRIPTED[mode](body["messages"] if chat else [{"role": "user", "content": last}])
+            words = text.split(" ")
             words = [w if i == 0 else " " + w for i, w in enumerate(words)]
         if mode == "error500":
             return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, status_code=500)
@@ -138,8 +144,37 @@ def _citing_answer(messages: list[dict]) -> str:
     unsupported claim citing it, then cites a source that does not exist."""
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     source = system.split("\n[1]", 1)[1].split("\n", 1)[1] if "\n[1]" in system else ""
-    first = source.strip().split("\n\n")[0].split(". ")[0].rstrip(".")
+    source = source.strip().removeprefix("<source>").strip()
+    first = source.split("\n\n")[0].split(". ")[0].rstrip(".")
     return f"{first} [1]. Bananas are purple and sing at night [1]. See the appendix [9]."
+
+
+def _quoting_answer(messages: list[dict]) -> str:
+    """Source [1]'s first two sentences, each citing it: an answer its source supports."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    source = system.split("\n[1]", 1)[1].split("\n", 1)[1] if "\n[1]" in system else ""
+    sentences = source.strip().removeprefix("<source>").strip().split("\n\n")[0].split(". ")[:2]
+    return " ".join(f"{s.strip().rstrip('.')} [1]." for s in sentences)
+
+
+def _json_answer(messages: list[dict]) -> str:
+    """JSON with a wrongly typed field first; valid once told what was wrong (the gateway's retry)."""
+    if "invalid" in str(messages[-1].get("content")):
+        return '{"city": "Oslo", "degrees": 8}'
+    return '{"city": "Oslo", "degrees": "eight"}'
+
+
+_SCRIPTED = {
+    "cite": _citing_answer,
+    "quote": _quoting_answer,
+    # The last user message, word for word: shows what the upstream was sent.
+    "echo": lambda messages: str(messages[-1].get("content")),
+    # The system prompt, word for word: a model leaking its instructions.
+    "leak": lambda messages: next((str(m["content"]) for m in messages if m["role"] == "system"), "no system"),
+    "made_up": lambda messages: "Bananas are purple and sing at night [1]. The moon is made of cheese [1].",
+    "json": _json_answer,
+    "bad_json_always": lambda messages: '{"city": "Oslo", "degrees": "eight"',
+}
 
 
 def main() -> None:

@@ -19,7 +19,10 @@ RAILS = b"Standard gauge track is 1435 millimetres between the rails. Broad gaug
 
 @pytest.fixture(scope="module")
 def gateway(upstreams: dict[str, FakeUpstream], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = {"models": [{"name": "citer", "deployments": [upstream(upstreams["c"], "cite")]}]}
+    # The scripted answer is one supported sentence in three: the grounding guard would replace
+    # it with the fallback (tests/safety); here it only flags, so the citation check shows.
+    config = {"models": [{"name": "citer", "deployments": [upstream(upstreams["c"], "cite")]}],
+              "guards": {"grounding": {"action": "flag"}}}
     server = start_gateway(tmp_path_factory.mktemp("rag-chat"), config)
     yield server
     server.stop()

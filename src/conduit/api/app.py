@@ -9,6 +9,8 @@ close and the request log writes every queued row.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +31,10 @@ from conduit.gateway.budget import Budgets
 from conduit.gateway.gatekeeper import Gatekeeper
 from conduit.gateway.limit_store import LimitStore, MemoryLimitStore
 from conduit.gateway.limits import Limiter
+from conduit.observability.events import EventSink
+from conduit.observability.guard_metrics import GuardStats
 from conduit.observability.request_log import RequestLogWriter
+from conduit.pipeline.guards import Guards
 from conduit.pipeline.pipeline import Pipeline
 from conduit.pipeline.retrieval import RetrievalStage
 from conduit.rag.service import Collections, IngestJobs, make_reranker
@@ -70,17 +75,22 @@ def create_app(settings: Settings) -> FastAPI:
         embedder = make_embedder(settings.embeddings)  # one for retrieval, /v1/embeddings and the semantic cache
         torch.set_num_threads(settings.embeddings.server_threads)  # this process's torch: embeddings only
         rag = settings.rag
+        events = EventSink(registry.client)
+        guards = await asyncio.to_thread(_guards, settings, admin_key, events)
+        app.state.guard_stats = guards.stats
+        detector = guards.detector
         collections = Collections(CollectionStore(db, settings.data_dir / "files"), embedder,
                                   settings.data_dir / "indexes",
                                   reranker=make_reranker(rag.rerank, embedder, rag.cross_encoder_path),
-                                  rerank_candidates=rag.rerank_candidates)
+                                  rerank_candidates=rag.rerank_candidates,
+                                  injection_scorer=detector.score if detector is not None else None)
         semantic = _semantic_cache(settings, embedder)
         if semantic is not None:  # free the answers that read a collection as soon as it changes
             collections.listeners.append(semantic.invalidate_collection)
         app.state.pipeline = Pipeline(registry, router, settings.cache, answers, semantic,
-                                      RetrievalStage(collections, settings.rag, registry))
+                                      RetrievalStage(collections, settings.rag, registry), guards)
         limit_store = _limit_store(settings)
-        budgets = Budgets(limit_store, db, settings.tenants, settings.gateway.budget_webhook_url, registry.client)
+        budgets = Budgets(limit_store, db, settings.tenants, settings.gateway.budget_webhook_url, events)
         app.state.gatekeeper = Gatekeeper(Limiter(limit_store, settings.tenants), budgets)
         app.state.request_log = RequestLogWriter(
             db, settings.request_log.batch_size, settings.request_log.flush_interval_s
@@ -100,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
                 training.cancel()
             await app.state.ingest_jobs.close()
             await asyncio.to_thread(collections.save)
-            await budgets.close()
+            await events.close()
             await registry.close()
             await limit_store.close()
             if isinstance(answers, RedisExactCache):
@@ -115,6 +125,27 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (models, generation, admin, usage, metrics, embeddings, vector_stores):
         app.include_router(module.router)
     return app
+
+
+def _guards(settings: Settings, admin_key: str, events: EventSink) -> Guards:
+    """The guard stage, with the PII recognizers built now for every policy that uses them
+    (Presidio takes a while to set up: not on a request's time)."""
+    from conduit.safety.injection import InjectionDetector
+
+    @functools.cache
+    def pii(entities: tuple[str, ...]):  # -> PiiScanner, imported only when used
+        from conduit.safety.pii import PiiScanner
+
+        return PiiScanner(entities)
+
+    policies = [settings.guards.merged(owner.guards) for owner in [*settings.models, *settings.tenants]]
+    for policy in [settings.guards, *policies]:
+        if policy.pii.mode != "allow" or policy.pii.output != "allow":
+            pii(tuple(policy.pii.entities))
+    canary_secret = hashlib.sha256(b"conduit-canary:" + admin_key.encode()).digest()
+    return Guards(settings.guards, {m.name: m.guards for m in settings.models},
+                  {t.name: t.guards for t in settings.tenants}, InjectionDetector.load(),
+                  lambda entities: pii(tuple(entities)), events, GuardStats(), canary_secret)
 
 
 def _limit_store(settings: Settings) -> LimitStore:

@@ -51,6 +51,12 @@ class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
 
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and not (self.json_schema and isinstance(self.json_schema.get("schema"), dict)):
+            raise ParamError("response_format", "response_format json_schema needs json_schema.schema, an object")
+        return self
+
 
 class _Sampled(_Strict):
     """Fields shared by chat and legacy completions."""
@@ -139,8 +145,6 @@ class ChatCompletionRequest(_Sampled):
             raise ParamError("top_logprobs", "top_logprobs needs logprobs: true")
         if self.tools:
             raise _Unsupported("tools")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise _Unsupported("response_format")
         return self
 
     def generate_request(self) -> GenerateRequest:
@@ -149,6 +153,8 @@ class ChatCompletionRequest(_Sampled):
             sampling=self.sampling(self.max_completion_tokens or self.max_tokens,
                                    (self.top_logprobs or 0) if self.logprobs else None),
             messages=[m.as_template_message() for m in self.messages],
+            response_format=(self.response_format.model_dump(exclude_none=True)
+                             if self.response_format is not None and self.response_format.type != "text" else None),
         )
 
 

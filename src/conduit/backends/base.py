@@ -37,6 +37,7 @@ class GenerateRequest:
     messages: list[dict[str, Any]] | None = None
     prompt: str | list[int] | None = None
     logprobs: bool = False  # ask for the chosen tokens' log-probabilities (the cascade's confidence)
+    response_format: dict[str, Any] | None = None  # OpenAI's, when not plain text: json_object | json_schema
 
 
 @dataclass(frozen=True)

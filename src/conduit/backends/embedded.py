@@ -64,6 +64,10 @@ class EmbeddedBackend:
             await self.engine.close()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        if request.response_format is not None:  # constrained decoding is a later issue
+            raise APIError(400, "response_format json_object/json_schema needs an upstream deployment: the "
+                           "embedded engine cannot constrain its output yet.", param="response_format",
+                           code="unsupported_parameter")
         engine = self._engine()
         prompt_ids = await asyncio.to_thread(self._encode, request)
         if len(prompt_ids) + 1 > self.max_model_len:
@@ -105,7 +109,8 @@ class EmbeddedBackend:
             return tokenizer.encode(text)
         if isinstance(request.prompt, list):
             return list(request.prompt)
-        return tokenizer.encode(request.prompt or "")
+        # A plain prompt gets the BOS its model file asks for (Gemma does; SmolLM2 does not).
+        return tokenizer.encode(request.prompt or "", add_special_tokens=True)
 
 
 def _context_error(prompt_tokens: int, limit: int) -> APIError:

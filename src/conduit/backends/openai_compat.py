@@ -88,6 +88,8 @@ class OpenAICompatBackend:
                     "logit_bias": ({str(t): b for t, b in s.logit_bias}, {}),
                     "stop_token_ids": (list(s.stop_token_ids), [])}
         body.update({name: value for name, (value, default) in optional.items() if value != default})
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
         wants_logprobs = request.logprobs or s.top_logprobs is not None
         if wants_logprobs and request.messages is not None:
             body["logprobs"] = True

@@ -33,6 +33,7 @@ def cache_key(tenant_id: str | None, request: GenerateRequest, stream: bool, sco
         "prompt": request.prompt,
         "sampling": asdict(request.sampling),
         "logprobs": request.logprobs,
+        "response_format": request.response_format,
         "stream": stream,
     }
     blob = json.dumps(normalised, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

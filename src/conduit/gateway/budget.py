@@ -13,20 +13,16 @@ the cost of the requests already in flight when it was reached: one request per 
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-import httpx
 
 from conduit.config import Budget, TenantSettings
 from conduit.errors import APIError
 from conduit.gateway.auth import Principal
 from conduit.gateway.limit_store import LimitStore
+from conduit.observability.events import EventSink
 from conduit.store.db import Database
 from conduit.store.usage import spent
-
-log = logging.getLogger("conduit.budget")
 
 
 @dataclass(frozen=True)
@@ -54,13 +50,12 @@ _COUNTER_TTL_S = 32 * 86400
 
 class Budgets:
     def __init__(self, store: LimitStore, db: Database, tenants: list[TenantSettings],
-                 key_webhook_url: str | None, client: httpx.AsyncClient) -> None:
+                 key_webhook_url: str | None, events: EventSink) -> None:
         self._store = store
         self._db = db
         self._tenants = {t.name: t for t in tenants if t.budget is not None}
         self._key_webhook_url = key_webhook_url
-        self._client = client
-        self._notifications: set[asyncio.Task] = set()
+        self._events = events
 
     def accounts(self, principal: Principal) -> list[Account]:
         found = []
@@ -105,17 +100,4 @@ class Budgets:
         event = {"event": "budget_soft_limit", "owner": account.owner, "id": account.id,
                  "spent_usd": round(total, 6), "budget_usd": account.budget.usd,
                  "period": account.budget.period, "period_start": account.period_start(now).isoformat()}
-        log.warning("budget_soft_limit %s", event)
-        if account.webhook_url:
-            task = asyncio.create_task(self._post(account.webhook_url, event))
-            self._notifications.add(task)
-            task.add_done_callback(self._notifications.discard)
-
-    async def _post(self, url: str, event: dict) -> None:
-        try:
-            (await self._client.post(url, json=event, timeout=10.0)).raise_for_status()
-        except httpx.HTTPError as exc:
-            log.warning("budget webhook %s failed: %s", url, exc)
-
-    async def close(self) -> None:
-        await asyncio.gather(*self._notifications, return_exceptions=True)
+        self._events.emit(event, account.webhook_url)

@@ -44,6 +44,7 @@ class RequestRecord:
     cache: str | None = None
     cached_tokens: int | None = None
     cost_usd: float | None = None
+    guard: str | None = None  # the guards' verdicts, as in the x-conduit-guard header
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

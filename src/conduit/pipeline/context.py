@@ -39,6 +39,7 @@ class RequestContext:
     priority: int = 0  # in admission queues: higher leaves first
     retrieval: Any = None  # the request's RetrievalSpec, if it asked for documents
     annotations: dict | None = None  # extension fields for the response (citations)
+    guards: dict[str, str] = field(default_factory=dict)  # guard -> verdict ("pass", "block:0.97", ...)
 
     def note_route(self, reason: str) -> None:
         self.route.append(reason)
@@ -51,6 +52,11 @@ class RequestContext:
         self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
+
+    @property
+    def guard_header(self) -> str:
+        """`x-conduit-guard`: each guard that ran and its verdict, e.g. `injection=pass;pii=redact:2`."""
+        return ";".join(f"{guard}={verdict}" for guard, verdict in self.guards.items())
 
     @property
     def cost_usd(self) -> float:
@@ -89,4 +95,5 @@ class RequestContext:
             cache=self.cache if self.prompt_tokens is not None else None,
             cached_tokens=self.cached_tokens if self.prompt_tokens is not None else None,
             cost_usd=self.cost_usd if self.prompt_tokens is not None else None,
+            guard=self.guard_header or None,
         )

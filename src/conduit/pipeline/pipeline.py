@@ -1,8 +1,7 @@
-"""The request pipeline. Stages run in DESIGN.md's order; today: exact cache lookup -> semantic
-cache lookup -> retrieve + assemble prompt -> in-flight de-duplication -> route -> generate ->
-citation check -> cache store.
-
-Guards plug in here as their issue lands.
+"""The request pipeline. Stages run in DESIGN.md's order: input guards -> exact cache lookup ->
+semantic cache lookup -> retrieve + assemble prompt -> in-flight de-duplication -> route ->
+generate (+ response_format validation) -> output guards (canary, PII, grounding) -> citation
+check -> cache store -> placeholders of redacted PII restored for this request.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 from conduit.backends import Delta, GenerateRequest
@@ -19,7 +18,9 @@ from conduit.cache.exact import AnswerStore, CachedAnswer
 from conduit.config import CacheSettings
 from conduit.errors import APIError
 from conduit.pipeline.context import RequestContext
-from conduit.pipeline.retrieval import RetrievalStage, annotations
+from conduit.pipeline.guards import Guards, Screening, refusal
+from conduit.pipeline.retrieval import Grounding, RetrievalStage, annotations
+from conduit.rag.citations import grounded_share
 from conduit.routing.dispatch import Dispatcher
 from conduit.routing.registry import Registry
 from conduit.routing.router import Router
@@ -27,12 +28,13 @@ from conduit.routing.router import Router
 if TYPE_CHECKING:
     from conduit.cache.semantic import SemanticCache
     from conduit.gateway.auth import Principal
+    from conduit.safety.policy import DocumentGuard, GuardPolicy
 
 
 class Pipeline:
     def __init__(self, registry: Registry, router: Router | None = None, cache: CacheSettings | None = None,
                  answers: AnswerStore | None = None, semantic: SemanticCache | None = None,
-                 retrieval: RetrievalStage | None = None) -> None:
+                 retrieval: RetrievalStage | None = None, guards: Guards | None = None) -> None:
         self.registry = registry
         self.router = router
         self.dispatcher = Dispatcher(registry)
@@ -40,6 +42,7 @@ class Pipeline:
         self.answers = answers  # the exact cache; None when it is off
         self.semantic = semantic
         self.retrieval = retrieval
+        self.guards = guards
         self.inflight = InflightGroup()
 
     def models(self, principal: Principal | None) -> list[str]:
@@ -50,8 +53,41 @@ class Pipeline:
         return names
 
     async def generate(self, ctx: RequestContext, request: GenerateRequest, stream: bool) -> AsyncIterator[Delta]:
-        spec = ctx.retrieval
-        scope = None
+        policy = self.guards.policy(ctx, request.model) if self.guards is not None else None
+        screening = Screening(request)
+        if policy is not None and self.guards is not None:
+            screening = await self.guards.screen_input(ctx, request, policy)
+            if screening.refused:
+                ctx.model = request.model
+                ctx.note_route("guard")
+                answer = refusal(policy)
+                ctx.observe(answer)
+                yield answer
+                return
+        deltas = self._answer(ctx, screening, stream, policy)
+        vault = screening.vault
+        try:
+            if vault is None or not len(vault):
+                async for delta in deltas:
+                    yield delta
+                return
+            # The cache holds the answer with placeholders; each request gets its own values back.
+            from conduit.safety.pii import StreamRestorer  # loaded already: the vault came from it
+
+            restorers: dict[int, StreamRestorer] = {}
+            async for delta in deltas:
+                restorer = restorers.setdefault(delta.index, StreamRestorer(vault))
+                text = restorer.feed(delta.text) + (restorer.flush() if delta.finish_reason is not None else "")
+                yield replace(delta, text=text)
+            if ctx.annotations and "_answer" in ctx.annotations:
+                ctx.annotations["_answer"] = vault.restore(ctx.annotations["_answer"])
+        finally:
+            await deltas.aclose()
+
+    async def _answer(self, ctx: RequestContext, screening: Screening, stream: bool,
+                      policy: GuardPolicy | None) -> AsyncIterator[Delta]:
+        """Cache lookup -> retrieve -> generate (de-duplicated) -> output guards -> cache store."""
+        request, spec, scope = screening.request, ctx.retrieval, None
         if spec is not None:
             if self.retrieval is None:
                 raise APIError(400, "Retrieval is not available on this server.", param="retrieval")
@@ -72,7 +108,11 @@ class Pipeline:
                 return
         grounding = None
         if spec is not None and self.retrieval is not None:
-            request, grounding = await self.retrieval.prepare(ctx, request, spec)
+            documents, threshold = self._document_policy(policy)
+            request, grounding = await self.retrieval.prepare(ctx, request, spec, documents, threshold)
+            if grounding.flagged and self.guards is not None and policy is not None:
+                self.guards.note(ctx, "documents", f"{policy.documents.action}:{len(grounding.flagged)}",
+                                 outcome=policy.documents.action, policy=policy)
             if grounding.not_found is not None:
                 ctx.model, ctx.annotations = request.model, annotations(None, grounding)
                 ctx.note_route("not_found")
@@ -86,9 +126,10 @@ class Pipeline:
             if not leader:
                 ctx.model = request.model
                 ctx.note_route("deduplicated")
-            deltas = self.inflight.run(key, lambda: self._route(ctx, request, stream))
+            deltas = self.inflight.run(key, lambda: self._produce(ctx, request, stream, policy))
         else:
-            deltas = self._route(ctx, request, stream)
+            deltas = self._produce(ctx, request, stream, policy)
+        deltas = self._guard_output(ctx, deltas, stream, policy, screening.canary, grounding)
         produced: list[Delta] = []
         try:
             async for delta in deltas:
@@ -99,7 +140,8 @@ class Pipeline:
             await deltas.aclose()
         if grounding is not None and self.retrieval is not None:
             text = "".join(d.text for d in produced if d.index == 0)
-            report = None if grounding.skipped else self.retrieval.check(grounding, text)
+            fallback = ctx.guards.get("grounding", "").startswith("fallback")
+            report = None if grounding.skipped or fallback else self.retrieval.check(grounding, text)
             ctx.annotations = annotations(report, grounding)
         if leader and ctx.cache_control != "no-store":
             answer = CachedAnswer(tuple(produced), ctx.model, ctx.annotations)
@@ -108,6 +150,31 @@ class Pipeline:
             if question is not None and self.semantic is not None:
                 read = frozenset(spec.vector_store_ids) if spec is not None else frozenset()
                 await self.semantic.store(namespace, question, answer, read)
+
+    def _produce(self, ctx: RequestContext, request: GenerateRequest, stream: bool,
+                 policy: GuardPolicy | None) -> AsyncIterator[Delta]:
+        """Generation, and for response_format requests its validation (with a retry)."""
+        if request.response_format is not None and policy is not None and self.guards is not None:
+            return self.guards.validated(ctx, request, policy, lambda r: self._route(ctx, r, stream))
+        return self._route(ctx, request, stream)
+
+    def _guard_output(self, ctx: RequestContext, deltas: AsyncIterator[Delta], stream: bool,
+                      policy: GuardPolicy | None, canary: str | None,
+                      grounding: Grounding | None) -> AsyncIterator[Delta]:
+        if policy is None or self.guards is None:
+            return deltas
+        deltas = self.guards.screened(ctx, deltas, policy, canary, stream)
+        if grounding is not None and not grounding.skipped and self.retrieval is not None:
+            retrieval, threshold = self.retrieval, self.retrieval.settings.support_threshold
+            deltas = self.guards.grounded(ctx, deltas, policy, lambda text: grounded_share(
+                retrieval.check(grounding, text), grounding.passages, threshold))
+        return deltas
+
+    def _document_policy(self, policy: GuardPolicy | None) -> tuple[DocumentGuard | None, float]:
+        if policy is None or self.guards is None or self.guards.detector is None:
+            return None, 1.0
+        threshold = policy.documents.threshold
+        return policy.documents, threshold if threshold is not None else self.guards.detector.threshold
 
     async def _lookup(self, key: str | None, namespace: str, question: str | None) -> tuple[str, CachedAnswer] | None:
         if key is not None and self.answers is not None:
@@ -153,5 +220,6 @@ def _namespace(ctx: RequestContext, request: GenerateRequest, scope: dict | None
     system = [m.get("content") for m in request.messages or [] if m.get("role") == "system"]
     tenant = ctx.principal.tenant_id if ctx.principal else None
     blob = json.dumps({"tenant": tenant, "model": request.model, "system": system, "scope": scope,
-                       "sampling": asdict(request.sampling)}, sort_keys=True, default=str)
+                       "sampling": asdict(request.sampling),
+                       "response_format": request.response_format}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -10,7 +10,7 @@ the model's context. After generation the answer's citations are checked against
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +24,7 @@ from conduit.rag.context import Passage, Source, assemble, best_score, message_t
 from conduit.rag.service import Collections
 from conduit.rag.trigger import needs_retrieval
 from conduit.routing.registry import Registry
+from conduit.safety.policy import DocumentGuard
 
 DEFAULT_CONTEXT = 8192  # for upstream models whose context length is not configured
 
@@ -49,6 +50,8 @@ class Grounding:
     passages: list[Passage]
     not_found: str | None = None  # the answer to give instead of calling a model
     skipped: str | None = None  # why retrieval did not run: "trigger" (chit-chat)
+    flagged: list[int] = field(default_factory=list)  # chunk ids scored as injections at ingestion
+    dropped: bool = False  # and left out of the prompt
 
 
 class RetrievalStage:
@@ -67,8 +70,10 @@ class RetrievalStage:
                                code="not_found")
         return await asyncio.to_thread(store.versions, spec.vector_store_ids)
 
-    async def prepare(self, ctx: RequestContext, request: GenerateRequest,
-                      spec: RetrievalSpec) -> tuple[GenerateRequest, Grounding]:
+    async def prepare(self, ctx: RequestContext, request: GenerateRequest, spec: RetrievalSpec,
+                      documents: DocumentGuard | None = None,
+                      threshold: float = 1.0) -> tuple[GenerateRequest, Grounding]:
+        """`documents`: the guard policy for chunks flagged as injections (score >= threshold)."""
         messages = request.messages or []
         question = next((message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
         trigger = spec.trigger or self.settings.trigger
@@ -77,8 +82,14 @@ class RetrievalStage:
         results = await asyncio.to_thread(self.collections.search, spec.vector_store_ids, question,
                                           spec.top_k or self.settings.top_k, spec.filters, spec.mode or self.settings.mode)
         sources = [Source.from_result(r) for r in results]
+        flagged = [] if documents is None or documents.action == "allow" else [
+            s.chunk_id for s in sources if s.injection_score is not None and s.injection_score >= threshold]
+        drop = bool(flagged) and documents is not None and documents.action == "drop"
+        if drop:
+            sources = [s for s in sources if s.chunk_id not in flagged]
         if not sources or best_score(sources) < (spec.min_score if spec.min_score is not None else self.settings.min_score):
-            return request, Grounding([], not_found=spec.not_found_message or self.settings.not_found_message)
+            return request, Grounding([], not_found=spec.not_found_message or self.settings.not_found_message,
+                                      flagged=flagged, dropped=drop)
         budget = self.registry.context_length(request.model) or DEFAULT_CONTEXT
         reserve = min(request.sampling.max_tokens or self.settings.reserve_for_answer, budget // 2)
         assembled = await asyncio.to_thread(assemble, messages, sources, budget_tokens=budget,
@@ -86,7 +97,8 @@ class RetrievalStage:
                                             reserve_for_answer=reserve)
         if not assembled.passages:
             return request, Grounding([], not_found=spec.not_found_message or self.settings.not_found_message)
-        return replace(request, messages=assembled.messages), Grounding(assembled.passages)
+        return replace(request, messages=assembled.messages), Grounding(assembled.passages, flagged=flagged,
+                                                                        dropped=drop)
 
     def check(self, grounding: Grounding, answer: str) -> CitationReport:
         return check_citations(answer, grounding.passages, threshold=self.settings.support_threshold)
@@ -97,14 +109,26 @@ class RetrievalStage:
 
 def annotations(report: CitationReport | None, grounding: Grounding) -> dict:
     """The response's extension fields: `citations` and the check of each cited sentence."""
+    extra = _warnings(grounding)
     if grounding.not_found is not None:
-        return {"citations": [], "retrieval": {"status": "not_found"}}
+        return {"citations": [], "retrieval": {"status": "not_found", **extra}}
     if grounding.skipped is not None:
         return {"citations": [], "retrieval": {"status": "skipped", "reason": grounding.skipped}}
-    assert report is not None
+    if report is None:  # the grounding guard replaced the answer
+        return {"citations": [], "retrieval": {"status": "fallback", "passages": len(grounding.passages), **extra}}
     # "_answer": the text with citations of missing sources removed, for non-streamed responses.
     return {"_answer": report.text, "citations": report.citations,
             "retrieval": {"status": "grounded", "passages": len(grounding.passages),
                           "unsupported_sentences": [s.text for s in report.unsupported],
                           "removed_citations": report.removed_markers,
-                          "sentences": [s.to_dict() for s in report.sentences]}}
+                          "sentences": [s.to_dict() for s in report.sentences], **extra}}
+
+
+def _warnings(grounding: Grounding) -> dict:
+    """Retrieved chunks that read like instructions to the model (indirect prompt injection)."""
+    if not grounding.flagged:
+        return {}
+    what = "left out of the prompt" if grounding.dropped else "kept in the prompt"
+    return {"warnings": [{"code": "injection_in_documents", "chunk_ids": grounding.flagged,
+                          "message": f"{len(grounding.flagged)} retrieved chunk(s) look like prompt injections; "
+                                     f"{what}."}]}

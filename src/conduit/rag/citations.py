@@ -120,6 +120,25 @@ def citation(passage: Passage) -> dict:
             "page": passage.page, "score": passage.score, "text": passage.text}
 
 
+def grounded_share(report: CitationReport, passages: Sequence[Passage], threshold: float | None = None) -> float | None:
+    """The share of the answer's sentences that the sources support: a citing sentence by its
+    check; an uncited one by its words against all passages (it cited nothing, but may still
+    state what they say). Sentences without content words ("Sure!") do not count. None: the
+    answer has no sentence to judge."""
+    threshold = LEXICAL_THRESHOLD if threshold is None else threshold
+    everything = set().union(*(set(_tokenizer(p.text)) for p in passages)) if passages else set()
+    verdicts = [
+        s.supported if s.citations else _at_least(lexical_support(_CHAIN.sub("", s.text), everything), threshold)
+        for s in report.sentences
+    ]
+    judged = [v for v in verdicts if v is not None]
+    return sum(judged) / len(judged) if judged else None
+
+
+def _at_least(score: float | None, threshold: float) -> bool | None:
+    return None if score is None else score >= threshold
+
+
 def lexical_support(sentence: str, passage_words: set[str]) -> float | None:
     """The share of the sentence's content words found in the passages; None if it has none."""
     words = set(_tokenizer(sentence))

@@ -65,7 +65,8 @@ class IngestError(Exception):
 class Collections:
     def __init__(self, store: CollectionStore, embedder, index_dir: Path,
                  retrieval: RetrievalOptions | None = None, max_file_bytes: int = 50 * 1024 * 1024,
-                 reranker: Reranker | None = None, rerank_candidates: int = 30) -> None:
+                 reranker: Reranker | None = None, rerank_candidates: int = 30,
+                 injection_scorer: Callable[[str], float] | None = None) -> None:
         self.store = store
         self.embedder = embedder
         self.index_dir = index_dir
@@ -73,6 +74,9 @@ class Collections:
         self.max_file_bytes = max_file_bytes
         self.reranker = reranker
         self.rerank_candidates = rerank_candidates
+        # Scores each chunk for hidden instructions (indirect prompt injection) at ingestion;
+        # the score is stored with the chunk and retrieval applies the guard policy to it.
+        self.injection_scorer = injection_scorer
         self._indexes: dict[str, ChunkIndex] = {}
         self._lock = threading.Lock()  # guards _indexes and catching up
         self._chunkers: dict[str, Chunker] = {}
@@ -96,8 +100,9 @@ class Collections:
             self.store.fail(store_id, file_id, "no_text", "the file has no text to index")
             raise IngestError("no_text", "the file has no text to index")
         vectors = self._embed(file_id, [c.embedding_text for c in chunks])
+        scores = [self.injection_scorer(c.text) if self.injection_scorer else None for c in chunks]
         rows = [NewChunk(c.index, c.text, c.embedding_text[:len(c.embedding_text) - len(c.text)], c.token_count,
-                         c.section_path, c.page) for c in chunks]
+                         c.section_path, c.page, score) for c, score in zip(chunks, scores)]
         self.store.commit_chunks(store_id, file_id, document.content_hash, rows, vectors)
         self.refresh(store_id)
         return len(chunks)

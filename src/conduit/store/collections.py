@@ -31,6 +31,7 @@ class NewChunk:
     token_count: int
     section_path: tuple[str, ...]
     page: int | None
+    injection_score: float | None = None  # the prompt-injection detector's, at ingestion
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class StoredChunk:
     header: str
     section_path: tuple[str, ...]
     page: int | None
+    injection_score: float | None = None
 
 
 class CollectionStore:
@@ -200,7 +202,7 @@ class CollectionStore:
             session.add_all([
                 ChunkRow(vector_store_id=store_id, file_id=file_id, position=c.position, text=c.text, header=c.header,
                          token_count=c.token_count, section_path=json.dumps(list(c.section_path)), page=c.page,
-                         embedding=np.asarray(vector, dtype=np.float32).tobytes())
+                         injection_score=c.injection_score, embedding=np.asarray(vector, dtype=np.float32).tobytes())
                 for c, vector in zip(chunks, embeddings)])
             session.execute(update(VectorStoreFile)
                             .where(VectorStoreFile.vector_store_id == store_id, VectorStoreFile.file_id == file_id)
@@ -246,7 +248,7 @@ class CollectionStore:
         with self.db.session() as session:
             rows = session.scalars(select(ChunkRow).where(ChunkRow.id.in_(list(ids))))
             return {r.id: StoredChunk(r.id, r.vector_store_id, r.file_id, r.position, r.text, r.header,
-                                      tuple(json.loads(r.section_path)), r.page) for r in rows}
+                                      tuple(json.loads(r.section_path)), r.page, r.injection_score) for r in rows}
 
     def chunk_counts(self, store_id: str) -> dict[str, int]:
         with self.db.session() as session:

@@ -67,6 +67,7 @@ class RequestLog(Base):
     cache: Mapped[str | None] = mapped_column(String(16))
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
+    guard: Mapped[str | None] = mapped_column(String(200), doc="Guard verdicts, as in x-conduit-guard.")
 
 
 class StoredFile(Base):
@@ -132,3 +133,4 @@ class ChunkRow(Base):
     section_path: Mapped[str] = mapped_column(Text, doc="JSON list: title > heading > subheading")
     page: Mapped[int | None] = mapped_column(Integer)
     embedding: Mapped[bytes] = mapped_column(LargeBinary, doc="float32, L2-normalised")
+    injection_score: Mapped[float | None] = mapped_column(Float, doc="Prompt-injection score at ingestion.")

@@ -113,8 +113,11 @@ def _priority(request: Request) -> int:
 
 def _route_headers(ctx: RequestContext) -> dict[str, str]:
     """Which model answered, why, after how many tries, and whether the cache did."""
-    return {"x-conduit-model": ctx.model or "", "x-conduit-route": ",".join(ctx.route),
-            "x-conduit-attempts": str(len(ctx.attempts)), "x-conduit-cache": ctx.cache}
+    headers = {"x-conduit-model": ctx.model or "", "x-conduit-route": ",".join(ctx.route),
+               "x-conduit-attempts": str(len(ctx.attempts)), "x-conduit-cache": ctx.cache}
+    if ctx.guards:
+        headers["x-conduit-guard"] = ctx.guard_header
+    return headers
 
 
 def _cache_control(request: Request) -> str | None:

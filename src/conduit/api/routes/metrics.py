@@ -9,6 +9,7 @@ from prometheus_client.registry import CollectorRegistry
 from conduit.backends.embedded import EmbeddedBackend
 from conduit.observability.engine_metrics import EngineCollector
 from conduit.observability.gateway_metrics import QueueCollector
+from conduit.observability.guard_metrics import GuardCollector
 
 router = APIRouter()
 
@@ -36,4 +37,7 @@ async def metrics(request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(lambda: list(_engines(request.app))))
     registry.register(QueueCollector(lambda: list(_queues(request.app))))
+    stats = getattr(request.app.state, "guard_stats", None)
+    if stats is not None:
+        registry.register(GuardCollector(stats))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
