@@ -97,6 +97,8 @@ def main() -> None:
     repeat = 200 if args.quick else 1000
     _ensure_pii_templates()
     results = {"injection": guards_injection.run(), "pii": guards_pii.run(), "output": output_guards(repeat)}
+    guards_injection.print_report(results["injection"])
+    guards_pii.print_report(results["pii"])
     print("\nOutput guards (one thread)")
     print(f"{'guard':52} {'p50 ms':>8} {'p99 ms':>8}")
     for name, figures in results["output"].items():

@@ -127,7 +127,7 @@ def run() -> dict:
     return result
 
 
-def _print(result: dict) -> None:
+def print_report(result: dict) -> None:
     print(f"shipped threshold {result['threshold']:.4f}")
     header = (f"{'model':<10} {'held-out set':<16} {'recall':>7} {'FPR':>7} {'prec':>7} "
               f"{'R@FPR.02':>9} {'R@FPR.10':>9}  target at threshold")
@@ -158,7 +158,7 @@ def _print(result: dict) -> None:
 
 def main() -> None:
     result = run()
-    _print(result)
+    print_report(result)
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1))
     print(f"wrote {OUT} in {result['seconds']:.0f} s")
