@@ -206,3 +206,10 @@ def test_verdicts_are_counted_on_metrics(guarded: Guarded) -> None:
                if line.startswith('conduit:guard_verdicts_total{guard="injection",outcome="block"}')]
     assert blocked and float(blocked[0].split()[-1]) >= 1
     assert 'conduit:guard_seconds_bucket{guard="injection"' in text
+
+
+def test_log_probabilities_survive_the_output_screen(guarded: Guarded) -> None:
+    reply = guarded.client("leakwatch").chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "one two three four"}], logprobs=True)
+    assert reply.choices[0].message.content == "one two three four"
+    assert [entry.token for entry in reply.choices[0].logprobs.content] == ["one", " two", " three", " four"]

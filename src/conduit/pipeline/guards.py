@@ -181,7 +181,7 @@ class Guards:
             return
         action = "block" if policy.pii.output == "block" else "redact"
         screens: dict[int, OutputScreen] = {}
-        held: dict[int, list[str]] = {}  # not streaming: each choice's text until it ends
+        held: dict[int, list[Delta]] = {}  # not streaming: each choice's screened deltas until it ends
         last: dict[int, Delta] = {}
         started = time.perf_counter()
         try:
@@ -206,13 +206,13 @@ class Guards:
                 if stream:
                     yield replace(delta, text=out.text)
                     continue
-                held.setdefault(index, []).append(out.text)
+                held.setdefault(index, []).append(replace(delta, text=out.text))
                 if delta.finish_reason is not None:
-                    yield replace(delta, text="".join(held.pop(index)))
+                    yield _joined(held.pop(index))
             for index, delta in last.items():  # a choice the backend left without a finish
                 if delta.finish_reason is None:
-                    rest = "".join(held.pop(index, [])) + screens[index].flush().text
-                    yield replace(delta, text=rest, token_logprobs=())
+                    rest = screens[index].flush().text
+                    yield _joined([*held.pop(index, []), replace(delta, text=rest, token_logprobs=())])
         finally:
             await deltas.aclose()
         self.stats.time("output", time.perf_counter() - started)
@@ -266,6 +266,14 @@ class Guards:
             if score is not None:
                 event["score"] = round(score, 4)
             self.events.emit(event, policy.review_webhook_url if outcome == "flag" else None)
+
+
+def _joined(deltas: list[Delta]) -> Delta:
+    """One delta for a choice's held deltas: their text and log-probabilities, the last one's counts."""
+    last = deltas[-1]
+    return replace(last, text="".join(d.text for d in deltas),
+                   logprobs=tuple(lp for d in deltas for lp in d.logprobs),
+                   token_logprobs=tuple(t for d in deltas for t in d.token_logprobs))
 
 
 def _texts(request: GenerateRequest, roles: tuple[str, ...]) -> list[str]:
