@@ -142,18 +142,20 @@ def app(name: str) -> Starlette:
 def _citing_answer(messages: list[dict]) -> str:
     """An answer that quotes the first sentence of source [1] with a citation, then makes an
     unsupported claim citing it, then cites a source that does not exist."""
+    first = _first_source(messages).split("\n\n")[0].split(". ")[0].rstrip(".")
+    return f"{first} [1]. Bananas are purple and sing at night [1]. See the appendix [9]."
+
+
+def _first_source(messages: list[dict]) -> str:
+    """The text of source [1] in the system prompt (the gateway's fenced retrieval context)."""
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     source = system.split("\n[1]", 1)[1].split("\n", 1)[1] if "\n[1]" in system else ""
-    source = source.strip().removeprefix("<source>").strip()
-    first = source.split("\n\n")[0].split(". ")[0].rstrip(".")
-    return f"{first} [1]. Bananas are purple and sing at night [1]. See the appendix [9]."
+    return source.strip().removeprefix("<source>").strip()
 
 
 def _quoting_answer(messages: list[dict]) -> str:
     """Source [1]'s first two sentences, each citing it: an answer its source supports."""
-    system = next((m["content"] for m in messages if m["role"] == "system"), "")
-    source = system.split("\n[1]", 1)[1].split("\n", 1)[1] if "\n[1]" in system else ""
-    sentences = source.strip().removeprefix("<source>").strip().split("\n\n")[0].split(". ")[:2]
+    sentences = _first_source(messages).split("\n\n")[0].split(". ")[:2]
     return " ".join(f"{s.strip().rstrip('.')} [1]." for s in sentences)
 
 
