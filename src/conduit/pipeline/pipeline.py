@@ -24,6 +24,7 @@ from conduit.rag.citations import grounded_share
 from conduit.routing.dispatch import Dispatcher
 from conduit.routing.registry import Registry
 from conduit.routing.router import Router
+from conduit.safety.pii import StreamRestorer
 
 if TYPE_CHECKING:
     from conduit.cache.semantic import SemanticCache
@@ -72,8 +73,6 @@ class Pipeline:
                     yield delta
                 return
             # The cache holds the answer with placeholders; each request gets its own values back.
-            from conduit.safety.pii import StreamRestorer  # loaded already: the vault came from it
-
             restorers: dict[int, StreamRestorer] = {}
             async for delta in deltas:
                 restorer = restorers.setdefault(delta.index, StreamRestorer(vault))
