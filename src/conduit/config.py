@@ -301,6 +301,30 @@ class RequestLogSettings(BaseModel):
     flush_interval_s: float = Field(0.5, gt=0, description="Longest a row waits before being written.")
 
 
+class ObservabilitySettings(BaseModel):
+    traces: bool = Field(True, description="Keep each request's trace (stages, route, chunks, prompt, answer) "
+                         "in the database for GET /admin/requests/{id}.")
+    trace_retention_days: float = Field(7.0, gt=0, description="Traces older than this are deleted (hourly).")
+    trace_max_chars: int = Field(20_000, ge=100, description="The prompt and the answer in a trace are cut to this.")
+    redact_traces: bool = Field(True, description="Replace personal data (the PII guard's recognizers) in "
+                                "stored traces, whatever the request's PII policy.")
+    max_pending_traces: int = Field(2000, ge=1, description="Traces waiting to be written at most; beyond it new "
+                                    "traces are dropped (conduit:traces_dropped_total), log rows never.")
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint, e.g. "
+                                      "http://127.0.0.1:4318/v1/traces; unset: no export.")
+    otlp_headers: dict[str, str] = Field(default_factory=dict, description="Headers sent with each OTLP export.")
+    service_name: str = Field("conduit", description="The service.name resource attribute of exported spans.")
+    metrics_top_tenants: int = Field(20, ge=0, description="Tenants with their own metric labels (the first seen); "
+                                     "the rest are counted under tenant='other'.")
+    drift_window: int = Field(100, ge=10, description="Retrieval queries per drift window (the first window "
+                              "of a collection and model is its baseline).")
+    drift_threshold: float = Field(0.2, gt=0, le=2, description="Cosine distance between a window's query "
+                                   "centroid and the baseline's that counts as drift.")
+    drift_score_drop: float = Field(0.15, gt=0, description="Drop of the mean top retrieval score below the "
+                                    "baseline's that counts as drift.")
+    drift_webhook_url: str | None = Field(None, description="Drift events are POSTed here (and always logged).")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONDUIT_", env_nested_delimiter="__", extra="forbid")
 
@@ -313,6 +337,7 @@ class Settings(BaseSettings):
         # A base model, for legacy completions only: it has no chat template.
         ModelSettings(name="gemma", source="gemma3-270m", capabilities=["completions"])])
     request_log: RequestLogSettings = RequestLogSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     tenants: list[TenantSettings] = Field(default_factory=list)
     router: RouterSettings | None = None
     cache: CacheSettings = CacheSettings()

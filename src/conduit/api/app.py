@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,21 +21,29 @@ from typing import TYPE_CHECKING
 
 import torch
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
-from conduit.api.routes import admin, embeddings, generation, metrics, models, usage, vector_stores
+from conduit.api.routes import admin, embeddings, generation, metrics, models, observe, ui, usage, vector_stores
 from conduit.backends.embeddings import LocalEmbedder, OpenAIEmbedder, make_embedder
 from conduit.cache import ExactCache
 from conduit.cache.exact import AnswerStore
-from conduit.config import Settings
+from conduit.config import ObservabilitySettings, Settings
 from conduit.gateway.auth import Authenticator, ensure_admin_key
 from conduit.gateway.budget import Budgets
 from conduit.gateway.gatekeeper import Gatekeeper
 from conduit.gateway.limit_store import LimitStore, MemoryLimitStore
 from conduit.gateway.limits import Limiter
+from conduit.observability.drift import DriftMonitor
+from conduit.observability.engine_metrics import EngineCollector, embedded_engines
 from conduit.observability.events import EventSink
-from conduit.observability.guard_metrics import GuardStats
+from conduit.observability.gateway_metrics import QueueCollector
+from conduit.observability.guard_metrics import GuardCollector, GuardStats
+from conduit.observability.recorder import Recorder
 from conduit.observability.request_log import RequestLogWriter
+from conduit.observability.request_metrics import CallbackCounter, DeploymentCollector, RequestMetrics
+from conduit.observability.samples import EngineSampler
+from conduit.observability.tracing import SpanExporter, redactor
 from conduit.pipeline.guards import Guards
 from conduit.pipeline.pipeline import Pipeline
 from conduit.pipeline.retrieval import RetrievalStage
@@ -87,20 +97,39 @@ def create_app(settings: Settings) -> FastAPI:
         semantic = _semantic_cache(settings, embedder)
         if semantic is not None:  # free the answers that read a collection as soon as it changes
             collections.listeners.append(semantic.invalidate_collection)
+        obs = settings.observability
+        drift = _drift_monitor(settings, events)
+        app.state.drift = drift
         app.state.pipeline = Pipeline(registry, router, settings.cache, answers, semantic,
-                                      RetrievalStage(collections, settings.rag, registry), guards)
+                                      RetrievalStage(collections, settings.rag, registry, drift), guards)
         limit_store = _limit_store(settings)
         budgets = Budgets(limit_store, db, settings.tenants, settings.gateway.budget_webhook_url, events)
         app.state.gatekeeper = Gatekeeper(Limiter(limit_store, settings.tenants), budgets)
-        app.state.request_log = RequestLogWriter(
-            db, settings.request_log.batch_size, settings.request_log.flush_interval_s
-        )
+        writer = RequestLogWriter(db, settings.request_log.batch_size, settings.request_log.flush_interval_s,
+                                  redact=_trace_redactor(obs), max_pending_traces=obs.max_pending_traces,
+                                  trace_retention_days=obs.trace_retention_days)
+        metrics_registry = CollectorRegistry(auto_describe=False)
+        known_models = lambda: {*registry.groups, *([router.name] if router is not None else [])}  # noqa: E731
+        request_metrics = RequestMetrics(metrics_registry, known_models, obs.metrics_top_tenants)
+        engines = lambda: list(embedded_engines(registry.groups.values()))  # noqa: E731
+        metrics_registry.register(EngineCollector(engines))
+        metrics_registry.register(QueueCollector(lambda: [g.queue for g in registry.groups.values() if g.queue]))
+        metrics_registry.register(GuardCollector(guards.stats))
+        metrics_registry.register(DeploymentCollector(lambda: list(registry.groups.values())))
+        metrics_registry.register(CallbackCounter("conduit:traces_dropped", "Traces not kept: the writer was "
+                                                  "behind by max_pending_traces.", lambda: writer.traces_dropped))
+        app.state.metrics_registry = metrics_registry
+        exporter = SpanExporter(obs) if obs.otlp_endpoint else None
+        app.state.recorder = Recorder(writer, request_metrics, obs, exporter)
+        sampler = EngineSampler(engines)
+        app.state.engine_samples = sampler
         app.state.collections = collections
         app.state.ingest_jobs = IngestJobs(collections)
         resumed = await app.state.ingest_jobs.resume()
         if resumed:
             log.info("resuming the ingestion of %d file(s) a previous run left unfinished", resumed)
         await registry.start()
+        sampler.start()
         # The classifier's embedding model takes seconds to load: not a reason to delay serving.
         training = asyncio.create_task(router.start()) if router is not None else None
         try:
@@ -108,21 +137,24 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if training is not None:
                 training.cancel()
+            await sampler.close()
             await app.state.ingest_jobs.close()
             await asyncio.to_thread(collections.save)
+            if drift is not None:
+                await asyncio.to_thread(_save_drift, drift, settings.data_dir)
             await events.close()
             await registry.close()
             await limit_store.close()
             if isinstance(answers, RedisExactCache):
                 await answers.close()
-            app.state.request_log.close()
+            app.state.recorder.close()
             db.close()
             log.info("stopped; request log flushed")
 
     app = FastAPI(title="Conduit", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.server.max_body_bytes)
-    for module in (models, generation, admin, usage, metrics, embeddings, vector_stores):
+    for module in (models, generation, admin, observe, usage, metrics, embeddings, vector_stores, ui):
         app.include_router(module.router)
     return app
 
@@ -171,3 +203,42 @@ def _semantic_cache(settings: Settings, embedder: Embedder) -> SemanticCache | N
 
     options = {"threshold": semantic.threshold} if semantic.threshold is not None else {}
     return SemanticCache(embedder, max_entries=semantic.max_entries, ttl_s=semantic.ttl_s, **options)
+
+
+def _trace_redactor(obs: ObservabilitySettings):
+    """Personal data out of stored traces, with the PII guard's recognizers. Presidio takes seconds
+    to load: it is loaded now in a thread of its own, and the writer waits for it only if a trace
+    comes first."""
+    if not obs.traces or not obs.redact_traces:
+        return None
+    from conduit.safety.pii import default_scanner
+
+    threading.Thread(target=default_scanner, name="pii-warmup", daemon=True).start()
+    return redactor(lambda text: default_scanner().redact(text)[0])
+
+
+def _drift_monitor(settings: Settings, events: EventSink) -> DriftMonitor:
+    obs = settings.observability
+
+    def on_drift(point) -> None:
+        events.emit({"event": "drift_detected", "collection": point.collection, "model": point.model,
+                     "centroid_distance": round(point.centroid_distance, 4),
+                     "mean_top_score": point.mean_top_score, "baseline_top_score": point.baseline_top_score},
+                    obs.drift_webhook_url)
+
+    drift = DriftMonitor(window=obs.drift_window, threshold=obs.drift_threshold, score_drop=obs.drift_score_drop,
+                         on_drift=on_drift)
+    path = settings.data_dir / "drift.json"
+    if path.is_file():
+        try:
+            drift.load(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            log.warning("drift: could not read %s; starting new baselines", path)
+    return drift
+
+
+def _save_drift(drift: DriftMonitor, data_dir) -> None:
+    path = data_dir / "drift.json"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(drift.state()))
+    partial.replace(path)

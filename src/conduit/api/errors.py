@@ -41,9 +41,9 @@ def record_failure(request: Request, error: APIError, error_id: str | None = Non
         if not request.url.path.startswith(("/v1/", "/admin/")):
             return
         ctx = RequestContext(endpoint=request.url.path, principal=getattr(request.state, "principal", None))
-    writer = getattr(request.app.state, "request_log", None)
-    if writer is not None:
-        writer.record(ctx.record("error", error.status, error.code or error.type, error_id))
+    recorder = getattr(request.app.state, "recorder", None)
+    if recorder is not None:
+        recorder.finish(ctx, "error", error.status, error.code or error.type, error_id)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -98,11 +98,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ClientDisconnect):  # gone while its body was read: nothing to answer, no fault of ours
-        writer = getattr(request.app.state, "request_log", None)
+        recorder = getattr(request.app.state, "recorder", None)
         ctx = getattr(request.state, "ctx", None) or RequestContext(
             endpoint=request.url.path, principal=getattr(request.state, "principal", None))
-        if writer is not None and request.url.path.startswith(("/v1/", "/admin/")):
-            writer.record(ctx.record("client_disconnected", CLIENT_CLOSED))
+        if recorder is not None and request.url.path.startswith(("/v1/", "/admin/")):
+            recorder.finish(ctx, "client_disconnected", CLIENT_CLOSED)
         return Response(status_code=CLIENT_CLOSED)
     error_id = new_id("err")
     log.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)

@@ -61,5 +61,16 @@ class EngineCollector(Collector):
                     ttft, itl, e2e)
 
 
+def embedded_engines(groups: Iterable) -> Iterable[tuple[str, AsyncEngine]]:
+    """(model name, engine) of every loaded embedded deployment among the registry's groups."""
+    from conduit.backends.embedded import EmbeddedBackend
+
+    for group in groups:
+        for deployment in group.deployments:
+            backend = deployment.backend
+            if isinstance(backend, EmbeddedBackend) and backend.engine is not None:
+                yield group.name, backend.engine
+
+
 def histogram_buckets(hist: LatencyHistogram) -> list[tuple[str, float]]:
     return [(str(b), c) for b, c in zip(hist.buckets, hist.counts)] + [("+Inf", hist.count)]

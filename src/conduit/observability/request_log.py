@@ -1,21 +1,27 @@
-"""The request log: one row per request, written in batches by a background thread.
+"""The request log: one row per request (and its trace), written in batches by a background thread.
 
 `record` never blocks the event loop on the database. `close` (called at shutdown, after
 in-flight requests drained) writes every row still queued, so a graceful stop loses none.
+Traces are redacted here, off the event loop; when the writer falls behind by more than
+`max_pending_traces`, new traces are dropped (and counted) while log rows are always kept.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 
 from conduit.store.db import Database
-from conduit.store.tables import RequestLog
+from conduit.store.tables import RequestLog, RequestTrace
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -45,20 +51,38 @@ class RequestRecord:
     cached_tokens: int | None = None
     cost_usd: float | None = None
     guard: str | None = None  # the guards' verdicts, as in the x-conduit-guard header
+    tpot_ms: float | None = None
+    prompt_version: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+Redact = Callable[[Any], Any]  # a trace body -> the same with personal data replaced
+
+
 class RequestLogWriter:
-    def __init__(self, db: Database, batch_size: int = 256, flush_interval_s: float = 0.5) -> None:
+    def __init__(self, db: Database, batch_size: int = 256, flush_interval_s: float = 0.5,
+                 redact: Redact | None = None, max_pending_traces: int = 2000,
+                 trace_retention_days: float = 7.0) -> None:
         self._db = db
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
+        self._redact = redact
+        self._max_pending_traces = max_pending_traces
+        self._retention = timedelta(days=trace_retention_days)
+        self._pending_traces = 0  # only approximately thread-safe: a bound, not an exact count
+        self.traces_dropped = 0
+        self._next_expiry = 0.0
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
 
-    def record(self, entry: RequestRecord) -> None:
-        self._queue.put(entry)
+    def record(self, entry: RequestRecord, trace: dict | None = None) -> None:
+        if trace is not None and self._pending_traces >= self._max_pending_traces:
+            self.traces_dropped += 1
+            trace = None
+        if trace is not None:
+            self._pending_traces += 1
+        self._queue.put((entry, trace))
 
     def close(self) -> None:
         self._queue.put(_STOP)
@@ -67,7 +91,7 @@ class RequestLogWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[RequestRecord] = []
+            batch: list[tuple[RequestRecord, dict | None]] = []
             try:
                 item = self._queue.get(timeout=self._flush_interval_s)
             except queue.Empty:
@@ -85,11 +109,37 @@ class RequestLogWriter:
                     break
             if batch:
                 self._write(batch)
+            if time.monotonic() >= self._next_expiry:
+                self._expire_traces()
 
-    def _write(self, batch: list[RequestRecord]) -> None:
+    def _write(self, batch: list[tuple[RequestRecord, dict | None]]) -> None:
+        traces = []
+        for entry, trace in batch:
+            if trace is None:
+                continue
+            self._pending_traces -= 1
+            try:
+                body = self._redact(trace) if self._redact is not None else trace
+            except Exception:  # never store what could not be redacted
+                log.exception("trace of %s: redaction failed; trace not kept", entry.id)
+                continue
+            traces.append({"id": entry.id, "tenant_id": entry.tenant_id, "created_at": entry.created_at,
+                           "body": json.dumps(body, default=str)})
         try:
             # A Core executemany: half the cost of ORM objects per row, less GIL held in bursts.
             with self._db.session() as session:
-                session.execute(insert(RequestLog), [asdict(entry) for entry in batch])
+                session.execute(insert(RequestLog), [asdict(entry) for entry, _ in batch])
+                if traces:
+                    session.execute(insert(RequestTrace), traces)
         except Exception:  # a database outage must not kill the writer; rows are reported
-            log.exception("request log: failed to write %d rows (ids %s...)", len(batch), batch[0].id)
+            log.exception("request log: failed to write %d rows (ids %s...)", len(batch), batch[0][0].id)
+
+    def _expire_traces(self) -> None:
+        """Traces are kept for the retention period; checked at start and then hourly."""
+        self._next_expiry = time.monotonic() + 3600
+        try:
+            with self._db.session() as session:
+                session.execute(delete(RequestTrace).where(
+                    RequestTrace.created_at < datetime.now(UTC) - self._retention))
+        except Exception:
+            log.exception("request traces: failed to delete expired traces")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,16 @@ from conduit.observability.request_log import RequestRecord
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
+
+
+@dataclass
+class Stage:
+    """One timed step of the request (perf_counter seconds); becomes a span of its trace."""
+
+    name: str
+    start: float
+    end: float | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,13 +52,46 @@ class RequestContext:
     retrieval: Any = None  # the request's RetrievalSpec, if it asked for documents
     annotations: dict | None = None  # extension fields for the response (citations)
     guards: dict[str, str] = field(default_factory=dict)  # guard -> verdict ("pass", "block:0.97", ...)
+    created: float = field(default_factory=time.time)  # wall clock at `started`, for exported spans
+    stages: list[Stage] = field(default_factory=list)
+    token_gaps: list[float] = field(default_factory=list)  # seconds between a stream's deltas
+    last_token_at: float | None = None
+    prompt_version: str | None = None
+    requested_model: str | None = None  # as the client named it (`model` becomes the one that answered)
+    carrier: dict[str, str] | None = None  # the client's W3C trace context headers, if it sent them
+    sent: Any = None  # the messages or prompt as sent to the model (after guards and retrieval)
+    retrieved: list[dict] | None = None  # the chunks retrieval put in the prompt, with scores
+    query: str | None = None  # what retrieval searched for
+    answer: list[str] = field(default_factory=list)  # the text of choice 0, as produced
+
+    @contextmanager
+    def stage(self, name: str, **attributes: Any) -> Iterator[Stage]:
+        """Time a step of the request: `with ctx.stage("cache") as s: ... s.attributes[...] = ...`."""
+        stage = self.begin(name, **attributes)
+        try:
+            yield stage
+        finally:
+            stage.end = time.perf_counter()
+
+    def begin(self, name: str, **attributes: Any) -> Stage:
+        """A stage ended later by setting `end` (a generation that streams past this frame)."""
+        stage = Stage(name, time.perf_counter(), attributes=attributes)
+        self.stages.append(stage)
+        return stage
 
     def note_route(self, reason: str) -> None:
         self.route.append(reason)
 
     def observe(self, delta: Delta) -> None:
+        now = time.perf_counter()
         if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+            self.first_token_at = now
+        elif delta.completion_tokens > self.completion_tokens and self.last_token_at is not None:
+            self.token_gaps.append(now - self.last_token_at)
+        if delta.completion_tokens > self.completion_tokens or self.last_token_at is None:
+            self.last_token_at = now
+        if delta.index == 0 and delta.text:
+            self.answer.append(delta.text)
         self.prompt_tokens = delta.prompt_tokens
         self.completion_tokens = delta.completion_tokens
         self.cached_tokens = max(self.cached_tokens, delta.cached_prompt_tokens)
@@ -67,6 +112,13 @@ class RequestContext:
         fresh = (self.prompt_tokens or 0) - self.cached_tokens
         p = self.prices
         return (fresh * p.input + self.cached_tokens * p.cached_input + self.completion_tokens * p.output) / 1e6
+
+    @property
+    def tpot_ms(self) -> float | None:
+        """Time per output token after the first, as vLLM's TPOT: (last - first) / (tokens - 1)."""
+        if self.first_token_at is None or self.last_token_at is None or self.completion_tokens < 2:
+            return None
+        return (self.last_token_at - self.first_token_at) * 1000 / (self.completion_tokens - 1)
 
     def record(
         self, status: str, http_status: int, error_type: str | None = None, error_id: str | None = None
@@ -96,4 +148,6 @@ class RequestContext:
             cached_tokens=self.cached_tokens if self.prompt_tokens is not None else None,
             cost_usd=self.cost_usd if self.prompt_tokens is not None else None,
             guard=self.guard_header or None,
+            tpot_ms=self.tpot_ms if self.stream else None,
+            prompt_version=self.prompt_version,
         )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conduit.backends import Delta, GenerateRequest
 from conduit.cache import InflightGroup, cache_key, is_deterministic
@@ -57,7 +58,9 @@ class Pipeline:
         policy = self.guards.policy(ctx, request.model) if self.guards is not None else None
         screening = Screening(request)
         if policy is not None and self.guards is not None:
-            screening = await self.guards.screen_input(ctx, request, policy)
+            with ctx.stage("input_guards") as stage:
+                screening = await self.guards.screen_input(ctx, request, policy)
+                stage.attributes.update(ctx.guards)
             if screening.refused:
                 ctx.model = request.model
                 ctx.note_route("guard")
@@ -95,8 +98,11 @@ class Pipeline:
         key = self._exact_key(ctx, request, stream, scope) if cacheable else None
         question = _question(request) if cacheable and self.semantic is not None else None
         namespace = _namespace(ctx, request, scope) if question is not None else ""
-        if ctx.cache_control != "no-cache":
-            hit = await self._lookup(key, namespace, question)
+        if ctx.cache_control != "no-cache" and (key is not None or question is not None):
+            with ctx.stage("cache", exact=key is not None and self.answers is not None,
+                           semantic=question is not None) as stage:
+                hit = await self._lookup(key, namespace, question)
+                stage.attributes["result"] = hit[0] if hit is not None else "miss"
             if hit is not None:
                 ctx.cache, answer = hit
                 ctx.model, ctx.annotations = answer.model, answer.annotations
@@ -119,6 +125,7 @@ class Pipeline:
                 ctx.observe(answer)
                 yield answer
                 return
+        ctx.sent = _as_sent(request, screening.canary)
         leader = True
         if key is not None and self.cache_settings.deduplicate:
             leader = not self.inflight.joined(key)
@@ -128,7 +135,10 @@ class Pipeline:
             deltas = self.inflight.run(key, lambda: self._produce(ctx, request, stream, policy))
         else:
             deltas = self._produce(ctx, request, stream, policy)
-        deltas = self._guard_output(ctx, deltas, stream, policy, screening.canary, grounding)
+        timing = _Timed(ctx, deltas)
+        timed = timing.deltas()
+        deltas = self._guard_output(ctx, timed, stream, policy, screening.canary, grounding)
+        guarded = deltas is not timed
         produced: list[Delta] = []
         try:
             async for delta in deltas:
@@ -137,6 +147,8 @@ class Pipeline:
                 yield delta
         finally:
             await deltas.aclose()
+            if guarded:
+                timing.guards_done()
         if grounding is not None and self.retrieval is not None:
             text = "".join(d.text for d in produced if d.index == 0)
             fallback = ctx.guards.get("grounding", "").startswith("fallback")
@@ -162,7 +174,8 @@ class Pipeline:
                       grounding: Grounding | None) -> AsyncIterator[Delta]:
         if policy is None or self.guards is None:
             return deltas
-        deltas = self.guards.screened(ctx, deltas, policy, canary, stream)
+        if canary is not None or policy.pii.output != "allow":
+            deltas = self.guards.screened(ctx, deltas, policy, canary, stream)
         if grounding is not None and not grounding.skipped and self.retrieval is not None:
             retrieval, threshold = self.retrieval, self.retrieval.settings.support_threshold
             deltas = self.guards.grounded(ctx, deltas, policy, lambda text: grounded_share(
@@ -199,7 +212,55 @@ class Pipeline:
         if self.router is not None and request.model == self.router.name:
             return self.router.generate(ctx, request, stream, self.dispatcher)
         ctx.note_route("direct")
-        return self.dispatcher.generate(ctx, request, stream)
+        with ctx.stage("route", reason="direct", model=request.model):
+            return self.dispatcher.generate(ctx, request, stream)
+
+
+class _Timed:
+    """The `generate` stage around the model's deltas (from the first pull to the last delta) and,
+    when output guards wrap them, the `output_guards` stage: from the model's end to the guarded
+    stream's, with the time the guards' own code took on the way (they run inline per delta)."""
+
+    def __init__(self, ctx: RequestContext, deltas: AsyncIterator[Delta]) -> None:
+        self.ctx, self.model = ctx, deltas
+        self.waited = 0.0  # seconds spent waiting for the model
+        self.stage = None
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        stage = self.stage = self.ctx.begin("generate")
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    delta = await anext(self.model)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self.waited += time.perf_counter() - started
+                yield delta
+        finally:
+            stage.end = time.perf_counter()
+            stage.attributes.update(model=self.ctx.model, deployment=self.ctx.deployment,
+                                    completion_tokens=self.ctx.completion_tokens)
+            await self.model.aclose()
+
+    def guards_done(self) -> None:
+        if self.stage is None or self.stage.end is None:
+            return
+        now = time.perf_counter()
+        busy = (now - self.stage.start) - self.waited
+        guards = self.ctx.begin("output_guards", inline_ms=round(max(busy, 0.0) * 1000, 3))
+        guards.start, guards.end = self.stage.end, now
+
+
+def _as_sent(request: GenerateRequest, canary: str | None) -> Any:
+    """The messages (or prompt) as the model gets them, for the trace; the canary stays secret."""
+    if request.messages is None:
+        return request.prompt
+    if canary is None:
+        return request.messages
+    return [{**m, "content": m["content"].replace(canary, "<CANARY>")} if isinstance(m.get("content"), str) else m
+            for m in request.messages]
 
 
 def _question(request: GenerateRequest) -> str | None:

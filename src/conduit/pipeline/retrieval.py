@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +27,9 @@ from conduit.rag.service import Collections
 from conduit.rag.trigger import needs_retrieval
 from conduit.routing.registry import Registry
 from conduit.safety.policy import DocumentGuard
+
+if TYPE_CHECKING:
+    from conduit.observability.drift import DriftMonitor
 
 DEFAULT_CONTEXT = 8192  # for upstream models whose context length is not configured
 
@@ -55,10 +60,12 @@ class Grounding:
 
 
 class RetrievalStage:
-    def __init__(self, collections: Collections, settings: RagSettings, registry: Registry) -> None:
+    def __init__(self, collections: Collections, settings: RagSettings, registry: Registry,
+                 drift: DriftMonitor | None = None) -> None:
         self.collections = collections
         self.settings = settings
         self.registry = registry
+        self.drift = drift  # fed each query's embedding and best score
 
     async def versions(self, ctx: RequestContext, spec: RetrievalSpec) -> dict[str, int]:
         """The stores' versions (for cache keys), after checking that the caller owns them."""
@@ -79,9 +86,16 @@ class RetrievalStage:
         trigger = spec.trigger or self.settings.trigger
         if trigger == "never" or (trigger == "auto" and not needs_retrieval(question)):
             return request, Grounding([], skipped="trigger")
-        results = await asyncio.to_thread(self.collections.search, spec.vector_store_ids, question,
-                                          spec.top_k or self.settings.top_k, spec.filters, spec.mode or self.settings.mode)
-        sources = [Source.from_result(r) for r in results]
+        mode, top_k = spec.mode or self.settings.mode, spec.top_k or self.settings.top_k
+        ctx.query = question
+        with ctx.stage("retrieve", mode=mode, top_k=top_k, vector_stores=list(spec.vector_store_ids)) as stage:
+            results, vector = await asyncio.to_thread(self._search, spec, question, top_k, mode)
+            sources = [Source.from_result(r) for r in results]
+            stage.attributes.update(chunks=len(sources), best_score=round(best_score(sources), 4))
+        ctx.retrieved = [_chunk_trace(s) for s in sources]
+        if self.drift is not None and vector is not None:
+            for store_id in spec.vector_store_ids:
+                self.drift.observe(store_id, request.model, vector, best_score(sources) if sources else None)
         flagged = [] if documents is None or documents.action == "allow" else [
             s.chunk_id for s in sources if s.injection_score is not None and s.injection_score >= threshold]
         drop = bool(flagged) and documents is not None and documents.action == "drop"
@@ -92,19 +106,42 @@ class RetrievalStage:
                                       flagged=flagged, dropped=drop)
         budget = self.registry.context_length(request.model) or DEFAULT_CONTEXT
         reserve = min(request.sampling.max_tokens or self.settings.reserve_for_answer, budget // 2)
-        assembled = await asyncio.to_thread(assemble, messages, sources, budget_tokens=budget,
-                                            count_tokens=lambda text: self._count(request.model, text),
-                                            reserve_for_answer=reserve)
+        with ctx.stage("assemble", budget_tokens=budget) as stage:
+            assembled = await asyncio.to_thread(assemble, messages, sources, budget_tokens=budget,
+                                                count_tokens=lambda text: self._count(request.model, text),
+                                                reserve_for_answer=reserve)
+            stage.attributes.update(passages=len(assembled.passages), prompt_tokens=assembled.prompt_tokens,
+                                    dropped_passages=assembled.dropped_passages)
+        numbers = {source.chunk_id: p.number for p in assembled.passages for source in p.sources}
+        for chunk in ctx.retrieved:
+            chunk["index"] = numbers.get(chunk["chunk_id"])
         if not assembled.passages:
             return request, Grounding([], not_found=spec.not_found_message or self.settings.not_found_message)
         return replace(request, messages=assembled.messages), Grounding(assembled.passages, flagged=flagged,
                                                                         dropped=drop)
+
+    def _search(self, spec: RetrievalSpec, question: str, top_k: int, mode: str) -> tuple[list, np.ndarray | None]:
+        """The search, and the query's embedding for drift monitoring (computed once for both)."""
+        vector = None
+        if mode != "sparse":
+            vector = self.collections.embedder.encode([question])[0]
+        results = self.collections.search(spec.vector_store_ids, question, top_k, spec.filters, mode,
+                                          query_vector=vector)
+        return results, vector
 
     def check(self, grounding: Grounding, answer: str) -> CitationReport:
         return check_citations(answer, grounding.passages, threshold=self.settings.support_threshold)
 
     def _count(self, model: str, text: str) -> int:
         return self.registry.count_prompt_tokens(GenerateRequest(model=model, prompt=text))
+
+
+def _chunk_trace(source: Source) -> dict:
+    """A retrieved chunk as the request's trace keeps it; `index` is its source number in the
+    prompt (None when it did not fit)."""
+    return {"index": None, "chunk_id": source.chunk_id, "file_id": source.file_id, "title": source.filename,
+            "section": " > ".join(source.section_path), "page": source.page, "score": round(source.score, 4),
+            "text": source.text}
 
 
 def annotations(report: CitationReport | None, grounding: Grounding) -> dict:

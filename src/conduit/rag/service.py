@@ -187,9 +187,12 @@ class Collections:
     # -- search -------------------------------------------------------------------------------
 
     def search(self, store_ids: Sequence[str], query: str, k: int, filters: Filter | None = None,
-               mode: Mode | None = None) -> list[SearchResult]:
-        """The k best chunks over the stores (blocking: run it in a worker thread)."""
-        vector = self.embedder.encode([query])[0] if (mode or self.retrieval.mode) != "sparse" else None
+               mode: Mode | None = None, query_vector: np.ndarray | None = None) -> list[SearchResult]:
+        """The k best chunks over the stores (blocking: run it in a worker thread). `query_vector`:
+        the query's embedding, when the caller has it already."""
+        vector = query_vector
+        if vector is None and (mode or self.retrieval.mode) != "sparse":
+            vector = self.embedder.encode([query])[0]
         depth = max(k, self.rerank_candidates) if self.reranker is not None else k
         hits: list[tuple[str, Hit]] = []
         indexes = {store_id: self.refresh(store_id) for store_id in store_ids}

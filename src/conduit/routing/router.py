@@ -93,7 +93,9 @@ class Router:
                        dispatcher: Dispatcher) -> AsyncIterator[Delta]:
         tiers = self.settings.tiers
         if self.settings.mode != "cascade":
-            tier, reason = await self.decide(request)
+            with ctx.stage("route", mode=self.settings.mode) as stage:
+                tier, reason = await self.decide(request)
+                stage.attributes.update(reason=reason, model=tiers[tier])
             ctx.note_route(reason)
             async for delta in dispatcher.generate(ctx, replace(request, model=tiers[tier]), stream):
                 yield delta

@@ -68,6 +68,32 @@ class RequestLog(Base):
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     guard: Mapped[str | None] = mapped_column(String(200), doc="Guard verdicts, as in x-conduit-guard.")
+    tpot_ms: Mapped[float | None] = mapped_column(Float, doc="Time per output token after the first (streams).")
+    prompt_version: Mapped[str | None] = mapped_column(String(64))
+
+
+class RequestTrace(Base):
+    """What a request did, stage by stage (redacted JSON), kept for the retention period."""
+
+    __tablename__ = "request_traces"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, doc="The request's id.")
+    tenant_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class Feedback(Base):
+    """A user's thumbs up or down on one answer."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(40), index=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    rating: Mapped[str] = mapped_column(String(8), doc="up | down")
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class StoredFile(Base):

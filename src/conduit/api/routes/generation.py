@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,12 +27,12 @@ from conduit.pipeline.pipeline import Pipeline
 router = APIRouter()
 
 
-
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, principal: Principal = Depends(authenticated)) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     ctx = request_context(request, "chat.completions", principal, body.model, body.stream)
     ctx.retrieval = body.retrieval
+    ctx.prompt_version = _prompt_version(body)
     shape = _Shape(chat=True, id=ctx.id.replace("req-", "chatcmpl-"), model=body.model, logprobs=bool(body.logprobs))
     return await _respond(request, ctx, shape, [body.generate_request()], body.stream, body.include_usage)
 
@@ -55,18 +57,19 @@ async def _respond(
 ) -> Response:
     pipeline: Pipeline = request.app.state.pipeline
     gatekeeper: Gatekeeper = request.app.state.gatekeeper
-    log = request.app.state.request_log
+    recorder = request.app.state.recorder
     ctx.cache_control = _cache_control(request)
     ctx.priority = _priority(request)
     assert ctx.principal is not None and ctx.model is not None
-    admitted = await gatekeeper.enter(
-        ctx.principal, ctx.model, lambda: sum(pipeline.registry.count_prompt_tokens(r) for r in requests))
+    with ctx.stage("limits"):
+        admitted = await gatekeeper.enter(
+            ctx.principal, ctx.model, lambda: sum(pipeline.registry.count_prompt_tokens(r) for r in requests))
     deltas = _generate_all(pipeline, ctx, requests, stream)
     streaming = False
     try:
         if not stream:
             choices = await cancel_on_disconnect(request, _collect(deltas))
-            log.record(ctx.record("ok", 200))
+            recorder.finish(ctx, "ok", 200)
             extra = dict(ctx.annotations or {})
             if "_answer" in extra and choices:
                 choices[0].text = [extra.pop("_answer")]
@@ -77,7 +80,7 @@ async def _respond(
         first = await cancel_on_disconnect(request, anext(deltas))
         streaming = True
     except ClientDisconnected:
-        log.record(ctx.record("client_disconnected", CLIENT_CLOSED))
+        recorder.finish(ctx, "client_disconnected", CLIENT_CLOSED)
         return Response(status_code=CLIENT_CLOSED)
     except BaseException:
         await deltas.aclose()
@@ -111,9 +114,21 @@ def _priority(request: Request) -> int:
                    param="x-conduit-priority", code="invalid_header")
 
 
+def _prompt_version(body: ChatCompletionRequest) -> str | None:
+    """What feedback is grouped by: the client's `metadata.prompt_version`, else a short hash of
+    the system prompt (the same template text, the same version)."""
+    given = (body.metadata or {}).get("prompt_version")
+    if given:
+        return given[:64]
+    system = [m.content for m in body.messages if m.role in ("system", "developer")]
+    if not system:
+        return None
+    return "sys-" + hashlib.sha256(json.dumps(system, default=str).encode()).hexdigest()[:8]
+
+
 def _route_headers(ctx: RequestContext) -> dict[str, str]:
     """Which model answered, why, after how many tries, and whether the cache did."""
-    headers = {"x-conduit-model": ctx.model or "", "x-conduit-route": ",".join(ctx.route),
+    headers = {"x-request-id": ctx.id, "x-conduit-model": ctx.model or "", "x-conduit-route": ",".join(ctx.route),
                "x-conduit-attempts": str(len(ctx.attempts)), "x-conduit-cache": ctx.cache}
     if ctx.guards:
         headers["x-conduit-guard"] = ctx.guard_header
@@ -206,7 +221,7 @@ async def _events(
         await deltas.aclose()
         await leave()
         if status:
-            request.app.state.request_log.record(ctx.record(status, http_status))
+            request.app.state.recorder.finish(ctx, status, http_status)
 
 
 @dataclass
