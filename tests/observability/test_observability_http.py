@@ -5,6 +5,7 @@ OTLP receiver running in this test process."""
 from __future__ import annotations
 
 import io
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from openai import NotFoundError, OpenAI
+from openai import NotFoundError, OpenAI, RateLimitError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -276,3 +277,27 @@ def test_drift_of_retrieval_queries(gateway: ServerProcess) -> None:
     while "drift_detected" not in gateway.log() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "drift_detected" in gateway.log()
+
+
+def test_rate_limited_requests_counted(gateway: ServerProcess) -> None:
+    key = httpx.post(f"{gateway.url}/admin/keys", headers=gateway.headers(),
+                     json={"tenant": "mu", "limits": {"rpm": 1}}).json()["key"]
+    before = _value(_samples(gateway), "conduit:rate_limited_total", reason="rate_limit_exceeded")
+    client = gateway.client(key)
+    _ask(client, "one")
+    with pytest.raises(RateLimitError):
+        _ask(client, "two")
+    after = _value(_samples(gateway), "conduit:rate_limited_total", reason="rate_limit_exceeded")
+    assert after - before == 1
+
+
+def test_grafana_dashboard_reads_only_served_metrics(gateway: ServerProcess) -> None:
+    from tests.observability.test_grafana import DASHBOARD, METRICS, metric_names
+
+    served = set()
+    for family in text_string_to_metric_families(httpx.get(f"{gateway.url}/metrics").text):
+        served.add(family.name + "_total" if family.type == "counter" else family.name)
+    assert METRICS <= served, METRICS - served
+    exprs = re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', DASHBOARD.read_text())
+    used = set().union(*(metric_names(e) for e in exprs))
+    assert used and used <= served, used - served

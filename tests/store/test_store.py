@@ -25,10 +25,10 @@ def db(tmp_path: Path) -> Database:
 def test_migrations_create_schema_idempotently(db: Database) -> None:
     db.migrate()  # a second run is a no-op
     tables = set(inspect(db.engine).get_table_names())
-    assert {"tenants", "api_keys", "request_log", "alembic_version"} <= tables
+    assert {"tenants", "api_keys", "request_log", "request_traces", "feedback", "alembic_version"} <= tables
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
 
 
 def test_keys(db: Database) -> None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
-LIMITED = {429, 503}  # what limits, budgets and admission queues answer
+LIMITED = {"rate_limit_exceeded", "insufficient_quota", "queue_full", "queue_timeout"}  # limits, budgets, queues
 
 
 class TenantLabels:
@@ -79,7 +79,7 @@ class RequestMetrics:
         model = record.model if record.model in self._models() else "unknown"
         self.requests.labels(record.endpoint, model, record.status, str(record.http_status)).inc()
         self.latency.labels(record.endpoint, model).observe(record.latency_ms / 1000)
-        if record.http_status in LIMITED and record.error_type is not None:
+        if record.error_type in LIMITED:
             self.limited.labels(record.error_type).inc()
         if record.prompt_tokens is None:
             return

@@ -27,7 +27,7 @@ def trace_body(ctx: RequestContext, record: RequestRecord, max_chars: int) -> di
     end = ctx.started + record.latency_ms / 1000
     stages = [{"name": s.name, "start_ms": round((s.start - ctx.started) * 1000, 3),
                "duration_ms": round(((s.end or end) - s.start) * 1000, 3), "attributes": s.attributes}
-              for s in ctx.stages]
+              for s in sorted(ctx.stages, key=lambda s: s.start)]
     retrieval = None
     if ctx.retrieved is not None:
         retrieval = {"query": _cut(ctx.query, max_chars), "chunks": ctx.retrieved}
