@@ -129,7 +129,8 @@ class Dispatcher:
                     if remaining <= 0:
                         raise _DeadlineExceeded()
                     try:
-                        delta = await asyncio.wait_for(anext(generation), remaining)
+                        async with asyncio.timeout(remaining):  # no task per delta, unlike wait_for
+                            delta = await anext(generation)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:

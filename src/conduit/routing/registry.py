@@ -111,9 +111,9 @@ class ModelGroup:
 class Registry:
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         self._settings = settings
-        # One pooled client for every upstream: keep-alive connections are reused across requests.
-        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=1000,
-                                                                       max_keepalive_connections=200))
+        # For webhooks and other calls off the generation path (upstreams have their own sessions).
+        self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=100,
+                                                                       max_keepalive_connections=20))
         self.groups: dict[str, ModelGroup] = {m.name: self._group(m) for m in settings.models}
         self._allowed = {t.name: set(t.models) for t in settings.tenants if t.models is not None}
         self._tasks: list[asyncio.Task] = []
@@ -125,7 +125,7 @@ class Registry:
             if deployment.backend == "embedded":
                 backend = EmbeddedBackend(model.name, deployment)
             else:
-                backend = OpenAICompatBackend(model.name, deployment, self.client)
+                backend = OpenAICompatBackend(model.name, deployment)
             handle_id = deployment.id or f"{model.name}-{index}"
             breaker = CircuitBreaker(model.health.failure_threshold, model.health.cooldown_s)
             handles.append(DeploymentHandle(handle_id, backend, deployment, breaker))
