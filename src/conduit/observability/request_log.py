@@ -91,6 +91,8 @@ class RequestLogWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            if time.monotonic() >= self._next_expiry:
+                self._expire_traces()
             batch: list[tuple[RequestRecord, dict | None]] = []
             try:
                 item = self._queue.get(timeout=self._flush_interval_s)
@@ -109,8 +111,6 @@ class RequestLogWriter:
                     break
             if batch:
                 self._write(batch)
-            if time.monotonic() >= self._next_expiry:
-                self._expire_traces()
 
     def _write(self, batch: list[tuple[RequestRecord, dict | None]]) -> None:
         traces = []
