@@ -87,6 +87,7 @@ def _print_welcome(settings: Settings, key_file: os.PathLike | None) -> None:
         f"print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)\"",
         highlight=False, soft_wrap=True,
     )
+    console.print(f"Dashboard: {url}/ui (sign in with the admin key); metrics: {url}/metrics", highlight=False)
 
 
 def _client(base_url: str, api_key: str | None):
