@@ -31,7 +31,7 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
@@ -173,7 +173,7 @@ def test_trace_kept_redacted_and_exported(gateway: ServerProcess, receiver: Otlp
     assert attributes["gen_ai.request.model"].string_value == "echo"
     assert attributes["gen_ai.usage.input_tokens"].int_value > 0
     assert attributes["gen_ai.usage.output_tokens"].int_value > 0
-    assert list(attributes["gen_ai.response.finish_reasons"].array_value.values)[0].string_value == "stop"
+    assert [v.string_value for v in attributes["gen_ai.response.finish_reasons"].array_value.values] == ["stop"]
     assert root.parent_span_id.hex() == "00f067aa0ba902b7"  # joined the caller's trace
     children = receiver.wait_for(lambda s: s.parent_span_id == root.span_id and s.name == "generate")
     assert children[0].start_time_unix_nano >= root.start_time_unix_nano

@@ -24,7 +24,17 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
-from conduit.api.routes import admin, embeddings, generation, metrics, models, observe, ui, usage, vector_stores
+from conduit.api.routes import (
+    admin,
+    embeddings,
+    generation,
+    metrics,
+    models,
+    observe,
+    ui,
+    usage,
+    vector_stores,
+)
 from conduit.backends.embeddings import LocalEmbedder, OpenAIEmbedder, make_embedder
 from conduit.cache import ExactCache
 from conduit.cache.exact import AnswerStore
@@ -41,7 +51,11 @@ from conduit.observability.gateway_metrics import QueueCollector
 from conduit.observability.guard_metrics import GuardCollector, GuardStats
 from conduit.observability.recorder import Recorder
 from conduit.observability.request_log import RequestLogWriter
-from conduit.observability.request_metrics import CallbackCounter, DeploymentCollector, RequestMetrics
+from conduit.observability.request_metrics import (
+    CallbackCounter,
+    DeploymentCollector,
+    RequestMetrics,
+)
 from conduit.observability.samples import EngineSampler
 from conduit.observability.tracing import SpanExporter, redactor
 from conduit.pipeline.guards import Guards
@@ -109,9 +123,14 @@ def create_app(settings: Settings) -> FastAPI:
                                   redact=_trace_redactor(obs), max_pending_traces=obs.max_pending_traces,
                                   trace_retention_days=obs.trace_retention_days)
         metrics_registry = CollectorRegistry(auto_describe=False)
-        known_models = lambda: {*registry.groups, *([router.name] if router is not None else [])}  # noqa: E731
+
+        def known_models() -> set[str]:
+            return {*registry.groups, *([router.name] if router is not None else [])}
+
+        def engines() -> list:
+            return list(embedded_engines(registry.groups.values()))
+
         request_metrics = RequestMetrics(metrics_registry, known_models, obs.metrics_top_tenants)
-        engines = lambda: list(embedded_engines(registry.groups.values()))  # noqa: E731
         metrics_registry.register(EngineCollector(engines))
         metrics_registry.register(QueueCollector(lambda: [g.queue for g in registry.groups.values() if g.queue]))
         metrics_registry.register(GuardCollector(guards.stats))

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from conduit.backends import GenerateRequest
