@@ -19,39 +19,47 @@ class _Shared:
         self.error: BaseException | None = None
         self.done = False
         self.subscribers = 0
-        self._changed = asyncio.Condition()
+        # Futures of subscribers waiting for the next delta: lighter than an asyncio.Condition,
+        # which costs a lock round trip per delta on the path of every cacheable request.
+        self._waiters: list[asyncio.Future] = []
         self._task = asyncio.create_task(self._pump(source))
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
     async def _pump(self, source: AsyncIterator[Delta]) -> None:
         try:
             async for delta in source:
-                async with self._changed:
-                    self.deltas.append(delta)
-                    self._changed.notify_all()
+                self.deltas.append(delta)
+                self._wake()
         except asyncio.CancelledError:
             self.error = ConnectionAbortedError("every client of this generation left")
         except BaseException as exc:  # handed to every subscriber
             self.error = exc
         finally:
             await source.aclose()  # type: ignore[attr-defined]
-            async with self._changed:
-                self.done = True
-                self._changed.notify_all()
+            self.done = True
+            self._wake()
 
     async def follow(self) -> AsyncIterator[Delta]:
         position = 0
         while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: position < len(self.deltas) or self.done)
+            if position < len(self.deltas):
                 fresh = self.deltas[position:]
-                finished, error = self.done, self.error
-            position += len(fresh)
-            for delta in fresh:
-                yield delta
-            if finished and position == len(self.deltas):
-                if error is not None:
-                    raise error
+                position += len(fresh)
+                for delta in fresh:
+                    yield delta
+                continue
+            if self.done:
+                if self.error is not None:
+                    raise self.error
                 return
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
 
     def cancel(self) -> None:
         self._task.cancel()
