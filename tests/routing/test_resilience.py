@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServerProcess
-from tests.conftest import FakeUpstream, start_gateway, upstream
+from tests.conftest import FakeUpstream, ServerProcess, start_gateway, upstream
 
 FAST = {"connect_s": 2, "first_token_s": 1, "between_tokens_s": 1, "total_s": 10}
 RETRY = {"attempts": 3, "backoff_base_s": 0.05, "backoff_max_s": 0.5}
@@ -112,6 +112,20 @@ def test_fallback_chain(gateway: ServerProcess) -> None:
     assert response.status_code == 200 and "from b" in _text(response)
     assert response.headers["x-conduit-model"] == "backup"
     assert "fallback:backup" in response.headers["x-conduit-route"]
+
+
+def test_retries_and_fallbacks_counted_in_metrics(gateway: ServerProcess) -> None:
+    def counted(name: str) -> float:
+        text = httpx.get(f"{gateway.url}/metrics").text
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == name and s.labels.get("model") == "primary")
+
+    before = counted("conduit:fallbacks_total"), counted("conduit:retries_total")
+    response = _chat(gateway, "primary")
+    assert response.status_code == 200
+    attempts = int(response.headers["x-conduit-attempts"])  # primary's tries (none if ejected) + backup's
+    assert counted("conduit:fallbacks_total") - before[0] == 1
+    assert counted("conduit:retries_total") - before[1] == max(attempts - 2, 0)
 
 
 def test_context_length_fallback(gateway: ServerProcess) -> None:

@@ -72,8 +72,9 @@ class RequestMetrics:
         self.cache = counter("cache_lookups", "Cacheable requests by what the cache did.", ["result"])
         self.limited = counter("rate_limited", "Requests refused by limits, budgets or admission queues.",
                                ["reason"])
-        self.retries = counter("retries", "Extra attempts on a model after a retryable failure.", ["model"])
-        self.fallbacks = counter("fallbacks", "Requests moved to a fallback model.", ["model"])
+        self.retries = counter("retries", "Extra attempts after a retryable failure, by the model asked for.",
+                               ["model"])
+        self.fallbacks = counter("fallbacks", "Moves to a fallback model, by the model asked for.", ["model"])
 
     def observe(self, ctx: RequestContext, record: RequestRecord) -> None:
         model = record.model if record.model in self._models() else "unknown"
@@ -90,12 +91,14 @@ class RequestMetrics:
             self.cost.labels(model, tenant).inc(record.cost_usd)
         if record.cache is not None and ctx.route != ["guard"]:
             self.cache.labels(record.cache).inc()
+        # By the model the client asked for: its failures are what sent the request elsewhere.
+        asked = ctx.requested_model if ctx.requested_model in self._models() else "unknown"
         fallbacks = sum(1 for r in ctx.route if r.startswith(("fallback:", "context:")))
         if fallbacks:
-            self.fallbacks.labels(model).inc(fallbacks)
+            self.fallbacks.labels(asked).inc(fallbacks)
         retries = len(ctx.attempts) - 1 - fallbacks
         if retries > 0:
-            self.retries.labels(model).inc(retries)
+            self.retries.labels(asked).inc(retries)
         if ctx.stream and record.ttft_ms is not None:
             self.ttft.labels(model).observe(record.ttft_ms / 1000)
             if record.tpot_ms is not None:
