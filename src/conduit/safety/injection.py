@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conduit.safety.normalize import fold, guess_language, labelled_views
+from conduit.safety.normalize import DECODED_KINDS, fold, guess_language, labelled_views
 
 ARTIFACT = Path(__file__).with_name("data") / "injection_model.npz"
 
@@ -21,7 +21,8 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads the polynomia
 _PRIME = np.uint64(1_000_003)
 _WORD = re.compile(r"\w+")
 _ENCODING_WORDS = re.compile(
-    r"\b(?:base[ -]?64|b64|hex(?:adecimal)?|rot[ -]?13|ascii|utf-?8|cipher\w*|(?:de|en)cod\w*)\b",
+    r"\b(?:base[ -]?(?:64|32|85)|b64|hex(?:adecimal)?|rot[ -]?13|ascii(?:85)?|utf-?8|cipher\w*"
+    r"|(?:de|en)cod\w*|binary|morse|percent|url|escape[sd]?|revers\w*|backwards)\b",
     re.IGNORECASE,
 )
 
@@ -145,7 +146,7 @@ def model_views(text: str) -> list[tuple[str, str]]:
     de/fr/es/it/pt text."""
     views = labelled_views(text)
     names = [name for name, _ in views]
-    if len(views) > 1 and names[1] in ("html", "base64", "hex"):
+    if len(views) > 1 and names[1] in DECODED_KINDS:
         views = [(names[1], _ENCODING_WORDS.sub("", views[1][1]))] + views[2:]
     if "gloss" in names:
         gloss_view = views[[name for name, _ in views].index("gloss")]

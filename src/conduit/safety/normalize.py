@@ -11,6 +11,7 @@ import html
 import json
 import re
 import unicodedata
+import urllib.parse
 from functools import cache
 from pathlib import Path
 
@@ -66,6 +67,19 @@ _SPACERS = re.compile(r"[ .\-_*\\]")
 _HTML_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9\-_]{16,}={0,2}")
 _HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){8,}\b")
+_BINARY_RUN = re.compile(r"\b[01]{8}(?:[ ,]?[01]{8}){3,}\b")
+_BASE32_RUN = re.compile(r"\b[A-Z2-7]{16,}={0,6}")
+_ASCII85_RUN = re.compile(r"<~[!-u\s]{5,}?~>")
+# Morse: letters of dots and dashes, words apart by "/" (spaces are collapsed before this runs).
+_MORSE_RUN = re.compile(r"(?<![\w.-])[.-]{1,7}(?: ?/ ?[.-]{1,7}| [.-]{1,7}){5,}(?![\w.-])")
+_MORSE = dict(zip(
+    ".- -... -.-. -.. . ..-. --. .... .. .--- -.- .-.. -- -. --- .--. --.- .-. ... - ..- ...- .-- "
+    "-..- -.-- --.. ----- .---- ..--- ...-- ....- ..... -.... --... ---.. ----.".split(),
+    "abcdefghijklmnopqrstuvwxyz0123456789"))
+# Percent-encoding (%49%67) and \u / \x escapes: decoded in place wherever there are three or more.
+_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
+DECODED_KINDS = ("html", "percent", "escape", "base64", "hex", "binary", "base32", "ascii85", "morse")
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "9": "g",
                        "@": "a", "$": "s", "€": "e", "!": "i", "|": "l", "+": "t"})
 # A word with letters and at least one leet character; it does not end in "!" or "+" ("Hello!",
@@ -107,12 +121,26 @@ _LEET_CHUNK = re.compile(r"(?<!\S)[^\s0134579@$€|+]*[0134579@$€|+]\S*")
 # 100kg, 10am), a programming language ("C++" stops at the "C").
 _NOT_LEET = re.compile(r"[268]|^[^\W\d_]+\d{2,}$|^\d{2,}[^\W\d_]+$")
 _TAG_CHARS = re.compile("[\U000e0020-\U000e007e]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ROT13_HINTS = frozenset(re.findall(r"\w+", (
     "the you your and to of is are a an all this that with for in on it be not ignore previous "
     "instructions instruction system prompt rules tell me now what how please"
 )))
 _MAX_VIEWS = 8
-_GLOSS = Path(__file__).with_name("data") / "gloss.json"
+# gloss.json: de/fr/es/it/pt; gloss_extra.json: nl/sv/pl/tr/vi/id (told by function words, like
+# the first five) and ru/ar/hi/he/zh/ja/ko (told by their script).
+_GLOSS = tuple(Path(__file__).with_name("data") / name for name in ("gloss.json", "gloss_extra.json"))
+# Languages told by their letters (after `fold`, which turns Hangul into jamo). Japanese shares the
+# Han letters with Chinese and is told by its kana.
+_SCRIPTS = {
+    "ru": re.compile("[\u0400-\u04ff]"),
+    "ar": re.compile("[\u0600-\u06ff\u0750-\u077f\ufb50-\ufdff\ufe70-\ufefc]"),
+    "hi": re.compile("[\u0900-\u097f]"),
+    "he": re.compile("[\u0590-\u05ff]"),
+    "ko": re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]"),
+    "zh": re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]"),
+}
+_KANA = re.compile("[\u3040-\u30ff]")
 _FOLD_SPACES = re.compile(r"[^\S\n]+")
 _FOLD_NEWLINES = re.compile(r"\s*\n\s*")
 _LANGUAGE_SAMPLE = 600  # characters read to guess the language: plenty, and cheap
@@ -139,6 +167,8 @@ def normalize(text: str) -> str:
     """NFKC, invisible and bidi characters removed, look-alike letters mapped to Latin,
     runs of spaces collapsed. Case and accents are kept."""
     if not text.isascii():  # ASCII text has none of this to undo
+        if _SURROGATE.search(text):  # JSON may carry "\ud835\udc08" (a pair) or a lone half
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         text = _TAG_CHARS.sub(lambda m: "".join(chr(ord(c) - 0xE0000) for c in m.group()), text)
         text = unicodedata.normalize("NFKC", text)
         if _DROP_OR_LOOKALIKE_RE.search(text):
@@ -185,6 +215,49 @@ def _hex_text(run: str) -> str | None:
     return _decoded_text(bytes.fromhex(digits))
 
 
+def _binary_text(run: str) -> str | None:
+    bits = re.sub(r"[ ,]", "", run)
+    return _decoded_text(bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)))
+
+
+def _base32_text(run: str) -> str | None:
+    body = run.rstrip("=")
+    if body.isalpha():  # an upper-case word ("IGNOREALLPREVIOUS"), not a payload
+        return None
+    try:
+        return _decoded_text(base64.b32decode(body + "=" * (-len(body) % 8)))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _ascii85_text(run: str) -> str | None:
+    try:
+        return _decoded_text(base64.a85decode(run, adobe=True))
+    except ValueError:
+        return None
+
+
+def _morse_text(run: str) -> str | None:
+    words = [[_MORSE.get(letter) for letter in word.split()] for word in run.split("/")]
+    if any(None in word for word in words):
+        return None
+    return " ".join("".join(word) for word in words)  # type: ignore[arg-type]
+
+
+def _unescape(text: str) -> tuple[str, str | None]:
+    """Character references, percent-encoding and \\u / \\x escapes decoded, and which one was."""
+    if "&" in text and _HTML_ENTITY.search(text):
+        unescaped = normalize(html.unescape(text))
+        if unescaped != text:
+            return unescaped, "html"
+    if text.count("%") >= 3 and len(_PERCENT.findall(text)) >= 3:
+        return normalize(urllib.parse.unquote(text)), "percent"
+    if text.count("\\") >= 3 and len(_ESCAPE.findall(text)) >= 3:
+        decoded = _ESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), text)
+        return normalize(decoded), "escape"
+    return text, None
+
+
 def _english_hits(text: str) -> int:
     return sum(1 for w in _WORD.findall(text.lower()) if w in _ROT13_HINTS)
 
@@ -194,6 +267,14 @@ def _rot13_view(text: str) -> str | None:
     rotated = codecs.encode(text, "rot13")
     hits = _english_hits(rotated)
     return rotated if hits >= 2 and hits > _english_hits(text) else None
+
+
+def _reversed_view(text: str) -> str | None:
+    """The text read backwards ("snoitcurtsni suoiverp lla erongI"), when that reads as more
+    English than the text itself."""
+    backwards = text[::-1]
+    hits = _english_hits(backwards)
+    return backwards if hits >= 2 and hits > _english_hits(text) else None
 
 
 def _respaced_view(text: str) -> str | None:
@@ -248,31 +329,69 @@ def fold(text: str) -> str:
     return _FOLD_NEWLINES.sub("\n", _FOLD_SPACES.sub(" ", text)).strip()
 
 
+def _alternation(keys: object, bounded: bool) -> re.Pattern[str]:
+    """One regex for many words or phrases, longest first (so "system prompt" wins over "system")."""
+    body = "|".join(map(re.escape, sorted(keys, key=len, reverse=True)))  # type: ignore[arg-type]
+    return re.compile(rf"\b(?:{body})\b" if bounded else f"(?:{body})")
+
+
 @cache
 def _gloss_tables() -> dict[str, dict]:
-    tables = json.loads(_GLOSS.read_text(encoding="utf-8"))
+    """Each language's table: "stopwords" (how a Latin-script language is told), "phrases" and
+    "words" (whole words), "stems" (a word that starts with one: inflected languages) and
+    "substrings" (matched anywhere: languages without spaces or with attached particles). Keys are
+    folded here as the text is, so they are written in the language's own spelling."""
+    tables: dict[str, dict] = {}
+    for path in _GLOSS:
+        tables.update(json.loads(path.read_text(encoding="utf-8")))
     for table in tables.values():
-        table["stopwords"] = frozenset(table["stopwords"])
-        phrases = sorted(table.get("phrases", {}), key=len, reverse=True)
-        table["phrase_re"] = re.compile(r"\b(?:" + "|".join(map(re.escape, phrases)) + r")\b")
+        table["stopwords"] = frozenset(fold(w) for w in table.get("stopwords", ()))
+        for kind in ("phrases", "words", "stems", "substrings"):
+            table[kind] = {fold(k): v for k, v in table.get(kind, {}).items()}
+        table["phrase_re"] = _alternation(table["phrases"], True) if table["phrases"] else None
+        table["stem_re"] = _alternation(table["stems"], False) if table["stems"] else None
+        table["substring_re"] = (_alternation(table["substrings"], False) if table["substrings"]
+                                 else None)
     return tables
 
 
 def guess_language(folded: str) -> str:
-    """'en', 'de', 'fr', 'es', 'it' or 'pt' by function words; 'en' when unsure."""
-    words = _WORD.findall(folded)
-    hits = {lang: sum(w in t["stopwords"] for w in words) for lang, t in _gloss_tables().items()}
+    """A language of gloss.json / gloss_extra.json by the script (when at least a third of the
+    letters are in one) or by its function and glossed words; 'en' when unsure."""
+    letters = sum(1 for c in folded if c.isalpha())
+    if letters and not folded.isascii():
+        counts = {lang: len(pattern.findall(folded)) for lang, pattern in _SCRIPTS.items()}
+        script = max(counts, key=lambda lang: counts[lang])
+        if counts[script] >= 2 and counts[script] * 3 >= letters:
+            return "ja" if script == "zh" and _KANA.search(folded) else script
+    words = _WORD.findall(folded)  # function words, and longer words glossed ("anweisungen")
+    hits = {lang: sum(w in t["stopwords"] or (len(w) > 3 and t["words"].get(w, w) != w)
+                      for w in words)
+            for lang, t in _gloss_tables().items() if t["stopwords"]}
     best = max(hits, key=lambda lang: hits[lang])
     return best if hits[best] >= 2 and hits[best] > hits["en"] else "en"
 
 
 def gloss(folded: str, language: str) -> str:
-    """A word-for-word English reading of de/fr/es/it/pt text, for the words attacks use: enough
-    for a detector trained on English to recognise "ignoriere alle vorherigen Anweisungen"."""
+    """A word-for-word English reading of a text in one of the glossed languages, for the words
+    attacks use: enough for a detector trained on English to recognise "ignoriere alle vorherigen
+    Anweisungen" or "忽略之前的所有指令"."""
     table = _gloss_tables()[language]
-    phrases, words = table.get("phrases", {}), table.get("words", {})
-    folded = table["phrase_re"].sub(lambda m: phrases[m.group()], folded) if phrases else folded
-    return " ".join(words.get(t, t) for t in _GLOSS_TOKEN.findall(folded))
+    if table["substring_re"]:
+        subs = table["substrings"]
+        folded = table["substring_re"].sub(lambda m: f" {subs[m.group()]} ", folded)
+    if table["phrase_re"]:
+        phrases = table["phrases"]
+        folded = table["phrase_re"].sub(lambda m: phrases[m.group()], folded)
+    words, stems, stem_re = table["words"], table["stems"], table["stem_re"]
+
+    def word(token: str) -> str:
+        if token in words:
+            return words[token]
+        found = stem_re.match(token) if stem_re else None
+        return stems[found.group()] if found else token
+
+    return " ".join(word(t) for t in _GLOSS_TOKEN.findall(folded))
 
 
 def _gloss_view(text: str) -> str | None:
@@ -282,18 +401,18 @@ def _gloss_view(text: str) -> str | None:
 
 
 def _decode_inline(text: str) -> tuple[str, str | None]:
-    """The text with its character references ("&#73;", "&lt;") decoded and each plausible
-    base64/hex payload replaced by its decoding (two levels deep), and the kind of the first
-    decoding made ("html", "base64" or "hex")."""
-    kind = None
-    if "&" in text and _HTML_ENTITY.search(text):
-        unescaped = normalize(html.unescape(text))
-        if unescaped != text:
-            text, kind = unescaped, "html"
+    """The text with its character references ("&#73;"), percent-encoding or escapes decoded and
+    each plausible base64/hex/binary/base32/ascii85/Morse payload replaced by its decoding (two
+    levels deep), and the kind of the first decoding made (one of DECODED_KINDS)."""
+    text, kind = _unescape(text)
     for _ in range(2):
         changed = False
         for name, pattern, decode in (("base64", _BASE64_RUN, _base64_text),
-                                      ("hex", _HEX_RUN, _hex_text)):
+                                      ("hex", _HEX_RUN, _hex_text),
+                                      ("binary", _BINARY_RUN, _binary_text),
+                                      ("base32", _BASE32_RUN, _base32_text),
+                                      ("ascii85", _ASCII85_RUN, _ascii85_text),
+                                      ("morse", _MORSE_RUN, _morse_text)):
             def swap(match: re.Match[str], decode=decode) -> str:
                 decoded = decode(match.group())
                 return match.group() if decoded is None else f" {normalize(decoded)} "
@@ -307,11 +426,11 @@ def _decode_inline(text: str) -> tuple[str, str | None]:
 
 
 def labelled_views(text: str) -> list[tuple[str, str]]:
-    """(name, text) pairs: "text" (the normalised text) first; then "html"/"base64"/"hex" (the
-    text with its character references or payloads decoded in place) when there were any; then
-    each other plausible reading of it: "bidi" (right-to-left overrides undone), "rot13", "spaced"
+    """(name, text) pairs: "text" (the normalised text) first; then one of DECODED_KINDS (the
+    text with its escapes or payloads decoded in place) when there were any; then each other
+    plausible reading of it: "bidi" (right-to-left overrides undone), "rot13", "reversed", "spaced"
     (s p a c e d letters joined), "leet" (l33t undone) and "gloss" (an English word-for-word
-    reading of de/fr/es/it/pt, of the leet view when there is one)."""
+    reading of the languages in the gloss tables, of the leet view when there is one)."""
     base = normalize(text)
     views = [("text", base)]
     decoded, kind = _decode_inline(base)
@@ -321,7 +440,8 @@ def labelled_views(text: str) -> list[tuple[str, str]]:
     if flipped and flipped != base:
         views.append(("bidi", flipped))
     leet = None
-    for name, make in (("rot13", _rot13_view), ("spaced", _respaced_view), ("leet", _leet_view)):
+    for name, make in (("rot13", _rot13_view), ("reversed", _reversed_view),
+                       ("spaced", _respaced_view), ("leet", _leet_view)):
         extra = make(decoded)
         if extra and extra != decoded:
             views.append((name, extra))
