@@ -207,7 +207,8 @@ def conduit_supports_workers(env: dict[str, str]) -> bool:
     return "--workers" in help_text
 
 
-def start_conduit(procs: Processes, workdir: Path, upstream: Target, workers: int, source: str | None) -> Target:
+def start_conduit(procs: Processes, workdir: Path, upstream: Target, workers: int, source: str | None,
+                  extra_config: str = "") -> Target:
     port = _free_port()
     home = workdir / "conduit"
     home.mkdir()
@@ -219,6 +220,7 @@ def start_conduit(procs: Processes, workdir: Path, upstream: Target, workers: in
         f"  - name: {MODEL}\n"
         "    deployments:\n"
         f"      - {{backend: openai, id: fake-0, base_url: '{upstream.base_url}/v1', upstream_model: fake}}\n"
+        + extra_config
     )
     # Only this configuration: no CONDUIT_* variable of the calling shell leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")}

@@ -45,18 +45,20 @@ class Target:
 class Requests:
     """Pre-rendered request bytes; only the counter in the prompt changes."""
 
-    def __init__(self, target: Target, tag: str) -> None:
+    def __init__(self, target: Target, tag: str, distinct: int | None = None) -> None:
         auth = f"authorization: Bearer {target.key}\r\n" if target.key else ""
         self._head = (f"POST {target.path} HTTP/1.1\r\nhost: {target.host}:{target.port}\r\n"
                       f"content-type: application/json\r\n{auth}content-length: ").encode()
         self._model = json.dumps(target.model)
         self._tag = tag
+        self._distinct = distinct  # prompts repeat after this many (cache hits), else never
         self._counter = 0
 
     def next(self) -> bytes:
         self._counter += 1
+        number = (self._counter - 1) % self._distinct + 1 if self._distinct else self._counter
         body = (f'{{"model":{self._model},"messages":[{{"role":"user","content":'
-                f'"bench {self._tag}-{self._counter}: say hello"}}],"temperature":0,"max_tokens":16}}').encode()
+                f'"bench {self._tag}-{number}: say hello"}}],"temperature":0,"max_tokens":16}}').encode()
         return self._head + str(len(body)).encode() + b"\r\n\r\n" + body
 
 
@@ -174,11 +176,10 @@ class Pool:
 
 
 async def open_loop(target: Target, rate: float, seconds: float, warmup_s: float, connections: int,
-                    max_connections: int) -> dict:
+                    max_connections: int, requests: Requests) -> dict:
     tally = Tally()
     pool = Pool(target, tally, max(connections, max_connections))
     await pool.fill(connections)
-    requests = Requests(target, secrets.token_hex(4))
     total = int((warmup_s + seconds) * rate)
     warm = int(warmup_s * rate)
     tasks: set[asyncio.Task] = set()
@@ -198,16 +199,20 @@ async def open_loop(target: Target, rate: float, seconds: float, warmup_s: float
     return result
 
 
-async def closed_loop(target: Target, connections: int, seconds: float, warmup_s: float) -> dict:
+async def closed_loop(target: Target, connections: int, seconds: float, warmup_s: float, requests: Requests,
+                      count: int | None = None) -> dict:
+    """`count`: stop after that many requests (a cache's prefill) instead of after `seconds`."""
     tally = Tally()
-    requests = Requests(target, secrets.token_hex(4))
     start = time.perf_counter()
     measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
+    sent = 0
 
     async def worker() -> None:
+        nonlocal sent
         pool = Pool(target, tally, 1)
         await pool.fill(1)
-        while (now := time.perf_counter()) < stop_at:
+        while (now := time.perf_counter()) < stop_at and (count is None or sent < count):
+            sent += 1
             await pool.send(requests.next(), now, record=now >= measure_from)
         pool.close()
 
@@ -228,13 +233,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="Seconds sent but not recorded first.")
     parser.add_argument("--connections", type=int, default=32, help="Opened up front (closed: the load).")
     parser.add_argument("--max-connections", type=int, default=256, help="open: most connections at once.")
+    parser.add_argument("--distinct", type=int, default=None,
+                        help="Cycle over this many prompts (repeats: cache hits) instead of all unique ones.")
+    parser.add_argument("--tag", default=None, help="The prompts' tag: the same tag, the same prompts.")
+    parser.add_argument("--count", type=int, default=None, help="closed: stop after this many requests.")
     args = parser.parse_args()
     target = Target.parse(args.url, args.model, args.key)
+    requests = Requests(target, args.tag or secrets.token_hex(4), args.distinct)
     if args.mode == "open":
         result = asyncio.run(open_loop(target, args.rate, args.seconds, args.warmup, args.connections,
-                                       args.max_connections))
+                                       args.max_connections, requests))
     else:
-        result = asyncio.run(closed_loop(target, args.connections, args.seconds, args.warmup))
+        result = asyncio.run(closed_loop(target, args.connections, args.seconds, args.warmup, requests, args.count))
     print(json.dumps(result))
 
 
