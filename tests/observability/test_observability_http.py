@@ -203,7 +203,7 @@ def test_explorer_is_scoped_to_the_tenant(gateway: ServerProcess) -> None:
 def test_explorer_pages_and_filters(gateway: ServerProcess) -> None:
     key = _key(gateway, "zeta")
     ids = [_ask(gateway.client(key), f"page {i}").replace("chatcmpl-", "req-") for i in range(5)]
-    _detail(gateway, ids[-1], key)
+    _detail(gateway, ids[-1], key)  # waits for the row, without a failed call of this tenant's in the log
     first = _get(gateway, "/admin/requests", key, limit=3).json()
     assert first["has_more"] and [r["id"] for r in first["data"]] == ids[::-1][:3]
     rest = _get(gateway, "/admin/requests", key, limit=3, before=first["next_before"]).json()

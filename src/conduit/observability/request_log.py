@@ -98,30 +98,17 @@ class RequestLogWriter:
                 item = self._queue.get(timeout=self._flush_interval_s)
             except queue.Empty:
                 continue
-            # Gather for up to flush_interval_s before writing: one transaction per batch, and the
-            # writer (which holds the GIL while it works) runs twice a second, not after every request.
-            deadline = time.monotonic() + self._flush_interval_s
             while True:
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-                remaining = deadline - time.monotonic()
-                if len(batch) >= self._batch_size or remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            while stopping or len(batch) < self._batch_size:  # what is already queued goes along
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
                 if item is _STOP:
                     stopping = True
                 else:
                     batch.append(item)
+                if len(batch) >= self._batch_size:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
             if batch:
                 self._write(batch)
 

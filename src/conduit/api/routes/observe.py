@@ -89,7 +89,15 @@ async def list_requests(request: Request, tenant: str | None = None, model: str 
 
 @router.get("/admin/requests/{rid}")
 async def get_request(rid: str, request: Request, principal: Principal = Depends(authenticated)) -> dict:
-    found = await asyncio.to_thread(explorer.get_request, request.app.state.db, request_id(rid), _scope(principal))
+    rid_, db, scope = request_id(rid), request.app.state.db, _scope(principal)
+    found = await asyncio.to_thread(explorer.get_request, db, rid_, scope)
+    known, tenant = request.app.state.recorder.tenant_of(rid_)
+    if found is None and known and (scope is None or scope == tenant):
+        # Finished a moment ago: its row is on the writer's queue. Wait for it, briefly.
+        deadline = time.monotonic() + 2 * request.app.state.settings.request_log.flush_interval_s + 1
+        while found is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            found = await asyncio.to_thread(explorer.get_request, db, rid_, scope)
     if found is None:
         raise APIError(404, f"No request found with id '{rid}'.", param="id", code="not_found")
     return found
