@@ -22,36 +22,24 @@ _INVISIBLE += "\u3164\ufeff\uffa0" + "".join(chr(c) for c in range(0xFE00, 0xFE1
 _BIDI = "\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _DROP = {ord(c): None for c in _INVISIBLE + _BIDI}
 
-# Cyrillic, Greek and Armenian letters that look like Latin ones. NFKC (applied first) already
-# folds fullwidth forms, mathematical alphanumerics, ligatures and circled letters.
-_CONFUSABLES = {
-    # Cyrillic lower/upper
-    "а": "a", "в": "b", "е": "e", "ё": "e", "һ": "h", "і": "i", "ї": "i", "ј": "j", "к": "k",
-    "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s",
-    "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "ь": "b", "п": "n", "г": "r",
-    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
-    "Т": "T", "У": "Y", "Х": "X", "І": "I", "Ј": "J", "Ѕ": "S", "Ԁ": "D", "Ԛ": "Q", "Ԝ": "W",
-    "Ӏ": "I", "Ү": "Y", "ү": "y", "Ғ": "F",
-    # Greek lower/upper
-    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o",
-    "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ϲ": "c", "ϳ": "j",
-    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
-    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
-    # Armenian
-    "օ": "o", "ս": "u", "ց": "g",
-}
+# Cyrillic, Greek and Armenian letters that look like Latin ones, one under the other. NFKC
+# (applied first) already folds fullwidth forms, mathematical alphanumerics, ligatures and
+# circled letters.
+_CONFUSABLES = dict(zip(
+    "авеёһіїјкмнорстухѕԁԛԝӏьпгАВЕКМНОРСТУХІЈЅԀԚԜӀ"
+    "ҮүҒαβγεηικνορτυχωϲϳΑΒΕΖΗΙΚΜΝΟΡΤΥΧօսց",
+    "abeehiijkmhopctyxsdqwlbnrABEKMHOPCTYXIJSDQWI"
+    "YyFabyenikvoptuxwcjABEZHIKMNOPTYXoug",
+    strict=True,
+))
 _CONFUSABLE_TABLE = str.maketrans(_CONFUSABLES)
 _CONFUSABLE_RE = re.compile("[" + re.escape("".join(_CONFUSABLES)) + "]")
 _LATIN_RE = re.compile("[A-Za-z]")
 _GREEK_CYRILLIC_RE = re.compile("[\u0370-\u058f]")  # Greek, Cyrillic, Armenian
 # Latin-script letters that only imitate plain ones (small capitals, dotless i...): always mapped,
 # since no language writes with them.
-_LATIN_LOOKALIKES = {
-    "ı": "i", "ȷ": "j", "ɡ": "g", "ℓ": "l", "∅": "o",
-    "ᴀ": "a", "ʙ": "b", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ꜰ": "f", "ɢ": "g", "ʜ": "h", "ɪ": "i",
-    "ᴊ": "j", "ᴋ": "k", "ʟ": "l", "ᴍ": "m", "ɴ": "n", "ᴏ": "o", "ᴘ": "p", "ǫ": "q", "ʀ": "r",
-    "ꜱ": "s", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v", "ᴡ": "w", "ʏ": "y", "ᴢ": "z",
-}
+_LATIN_LOOKALIKES = dict(zip("ıȷɡℓ∅ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘǫʀꜱᴛᴜᴠᴡʏᴢ", "ijgloabcdefghijklmnopqrstuvwyz",
+                             strict=True))
 _DROP_AND_LOOKALIKES = {**_DROP, **str.maketrans(_LATIN_LOOKALIKES)}
 _DROP_OR_LOOKALIKE_RE = re.compile(
     "[" + re.escape(_INVISIBLE + _BIDI + "".join(_LATIN_LOOKALIKES)) + "]"
@@ -72,10 +60,11 @@ _BASE32_RUN = re.compile(r"\b[A-Z2-7]{16,}={0,6}")
 _ASCII85_RUN = re.compile(r"<~[!-u\s]{5,}?~>")
 # Morse: letters of dots and dashes, words apart by "/" (spaces are collapsed before this runs).
 _MORSE_RUN = re.compile(r"(?<![\w.-])[.-]{1,7}(?: ?/ ?[.-]{1,7}| [.-]{1,7}){5,}(?![\w.-])")
-_MORSE = dict(zip(
-    ".- -... -.-. -.. . ..-. --. .... .. .--- -.- .-.. -- -. --- .--. --.- .-. ... - ..- ...- .-- "
-    "-..- -.-- --.. ----- .---- ..--- ...-- ....- ..... -.... --... ---.. ----.".split(),
-    "abcdefghijklmnopqrstuvwxyz0123456789"))
+_MORSE = dict(zip([
+    ".-", "-...", "-.-.", "-..", ".", "..-.", "--.", "....", "..", ".---", "-.-", ".-..", "--",
+    "-.", "---", ".--.", "--.-", ".-.", "...", "-", "..-", "...-", ".--", "-..-", "-.--", "--..",
+    "-----", ".----", "..---", "...--", "....-", ".....", "-....", "--...", "---..", "----.",
+], "abcdefghijklmnopqrstuvwxyz0123456789", strict=True))
 # Percent-encoding (%49%67) and \u / \x escapes: decoded in place wherever there are three or more.
 _PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
 _ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})")
@@ -395,9 +384,8 @@ def gloss(folded: str, language: str) -> str:
 
 
 def _gloss_view(text: str) -> str | None:
-    folded = fold(text)
-    language = guess_language(folded[:_LANGUAGE_SAMPLE])
-    return None if language == "en" else gloss(folded, language)
+    language = guess_language(fold(text[:_LANGUAGE_SAMPLE]))  # folding all of a long text is slow
+    return None if language == "en" else gloss(fold(text), language)
 
 
 def _decode_inline(text: str) -> tuple[str, str | None]:

