@@ -15,7 +15,7 @@ import httpx
 from conduit.backends import Backend, GenerateRequest
 from conduit.backends.base import estimate_tokens
 from conduit.backends.embedded import EmbeddedBackend
-from conduit.backends.openai_compat import OpenAICompatBackend
+from conduit.backends.openai_compat import OpenAICompatBackend, UpstreamSessions
 from conduit.config import Deployment, ModelSettings, Settings
 from conduit.errors import APIError
 from conduit.gateway.admission import AdmissionQueue
@@ -111,7 +111,8 @@ class ModelGroup:
 class Registry:
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         self._settings = settings
-        # For webhooks and other calls off the generation path (upstreams have their own sessions).
+        self.upstream_sessions = UpstreamSessions()  # before the groups: their backends share it
+        # For webhooks and other calls off the generation path.
         self.client = client or httpx.AsyncClient(limits=httpx.Limits(max_connections=100,
                                                                        max_keepalive_connections=20))
         self.groups: dict[str, ModelGroup] = {m.name: self._group(m) for m in settings.models}
@@ -125,7 +126,7 @@ class Registry:
             if deployment.backend == "embedded":
                 backend = EmbeddedBackend(model.name, deployment)
             else:
-                backend = OpenAICompatBackend(model.name, deployment)
+                backend = OpenAICompatBackend(model.name, deployment, self.upstream_sessions)
             handle_id = deployment.id or f"{model.name}-{index}"
             breaker = CircuitBreaker(model.health.failure_threshold, model.health.cooldown_s)
             handles.append(DeploymentHandle(handle_id, backend, deployment, breaker))
@@ -179,6 +180,7 @@ class Registry:
         for group in self.groups.values():
             for handle in group.deployments:
                 await handle.backend.close()
+        await self.upstream_sessions.close()
         await self.client.aclose()
 
     async def _load_all(self) -> None:
