@@ -159,8 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
             await sampler.close()
             await app.state.ingest_jobs.close()
             await asyncio.to_thread(collections.save)
-            if drift is not None:
-                await asyncio.to_thread(_save_drift, drift, settings.data_dir)
+            await asyncio.to_thread(_save_drift, drift, settings.data_dir)
             await events.close()
             await registry.close()
             await limit_store.close()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from conduit.routing.health import BreakerState
@@ -135,6 +135,4 @@ class CallbackCounter(Collector):
         self.name, self.doc, self.value = name, doc, value
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily
-
         yield CounterMetricFamily(self.name, self.doc, value=self.value())

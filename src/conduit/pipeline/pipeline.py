@@ -18,7 +18,7 @@ from conduit.cache import InflightGroup, cache_key, is_deterministic
 from conduit.cache.exact import AnswerStore, CachedAnswer
 from conduit.config import CacheSettings
 from conduit.errors import APIError
-from conduit.pipeline.context import RequestContext
+from conduit.pipeline.context import RequestContext, Stage
 from conduit.pipeline.guards import Guards, Screening, refusal
 from conduit.pipeline.retrieval import Grounding, RetrievalStage, annotations
 from conduit.rag.citations import grounded_share
@@ -249,8 +249,8 @@ class _Timed:
             return
         now = time.perf_counter()
         busy = (now - self.stage.start) - self.waited
-        guards = self.ctx.begin("output_guards", inline_ms=round(max(busy, 0.0) * 1000, 3))
-        guards.start, guards.end = self.stage.end, now
+        inline_ms = round(max(busy, 0.0) * 1000, 3)
+        self.ctx.stages.append(Stage("output_guards", self.stage.end, now, {"inline_ms": inline_ms}))
 
 
 def _as_sent(request: GenerateRequest, canary: str | None) -> Any:

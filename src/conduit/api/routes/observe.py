@@ -18,6 +18,7 @@ from conduit.gateway.auth import Principal
 from conduit.gateway.budget import Account
 from conduit.observability.stats import series
 from conduit.store import requests as explorer
+from conduit.store.usage import spent
 
 router = APIRouter()
 STATUSES = ("ok", "error", "client_disconnected")
@@ -162,12 +163,7 @@ async def tenants(request: Request, principal: Principal = Depends(authenticated
         if budget is not None:
             start = Account("tenant", row["id"], budget, None).period_start(now)
             entry["period_start"] = start.isoformat()
-            entry["spent_usd"] = await asyncio.to_thread(spent_since, request.app.state.db, start, row["id"])
+            spent_usd = await asyncio.to_thread(spent, request.app.state.db, start, row["id"])
+            entry["spent_usd"] = round(spent_usd, 8)
         data.append(entry)
     return {"object": "list", "data": data}
-
-
-def spent_since(db, start: datetime, tenant_id: str) -> float:
-    from conduit.store.usage import spent
-
-    return round(spent(db, start, tenant_id=tenant_id), 8)
