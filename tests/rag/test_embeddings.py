@@ -1,0 +1,45 @@
+"""The bundled embedder: one text through the single-text path gives sentence-transformers' vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conduit.backends.bert_single import SingleTextBert
+from conduit.backends.embeddings import LocalEmbedder
+
+TEXTS = ["Hi", "How do I reset my password?", "ünïcödé — 東京 and an emoji 🎉",
+         "Django's ORM: select_related or prefetch_related, and when to use which? " * 3,
+         "a word repeated well past the model's 256-token input limit " * 60]
+
+
+@pytest.fixture(scope="module")
+def float32_model():
+    embedder = LocalEmbedder(dtype="float32")
+    return embedder._load()
+
+
+def test_single_text_path_matches_sentence_transformers(float32_model) -> None:
+    single = SingleTextBert.from_sentence_transformer(float32_model)
+    assert single is not None
+    reference = float32_model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True, batch_size=1)
+    ours = np.stack([single(text) for text in TEXTS])
+    assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(ours * reference, axis=1))) > 0.99999
+
+
+def test_a_model_without_mean_pooling_gets_no_fast_path(float32_model) -> None:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Pooling
+
+    cls_pooled = SentenceTransformer(modules=[float32_model[0], Pooling(384, pooling_mode="cls"), float32_model[2]],
+                                     device="cpu")
+    assert SingleTextBert.from_sentence_transformer(cls_pooled) is None
+
+
+def test_one_text_and_a_batch_agree() -> None:
+    embedder = LocalEmbedder()
+    batch = embedder.encode(TEXTS)
+    alone = np.concatenate([embedder.encode([text]) for text in TEXTS])
+    assert float(np.min(np.sum(alone * batch, axis=1))) > 0.998
