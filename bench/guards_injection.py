@@ -88,7 +88,7 @@ def _latency_ms(detector: InjectionDetector, messages: list[str]) -> dict[str, f
     for message in messages[:20]:
         detector.check(message)  # warm caches
     timings = []
-    for message in messages:
+    for message in messages[20:]:  # texts it has not seen: its memo of recent verdicts would answer those
         started = time.perf_counter()
         detector.check(message)
         timings.append((time.perf_counter() - started) * 1000)

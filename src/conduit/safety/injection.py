@@ -4,6 +4,7 @@ view wins). Plain numpy at inference; trained by `conduit.safety.train_injection
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -16,6 +17,8 @@ import numpy as np
 from conduit.safety.normalize import DECODED_KINDS, fold, guess_language, labelled_views
 
 ARTIFACT = Path(__file__).with_name("data") / "injection_model.npz"
+MEMO_ENTRIES = 4096  # recent verdicts remembered, each of a text of at most MEMO_MAX_CHARS
+MEMO_MAX_CHARS = 4000
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads the polynomial hash over bits
 _PRIME = np.uint64(1_000_003)
@@ -219,8 +222,8 @@ class InjectionVerdict:
 
 
 class InjectionDetector:
-    """Scores a message 0..1 (the highest over its views) and flags it at `threshold`. Holds no
-    state that changes while checking, so one instance is safe to share between threads."""
+    """Scores a message 0..1 (the highest over its views) and flags it at `threshold`. Safe to
+    share between threads: the only state that changes is a thread-safe memo of recent scores."""
 
     def __init__(self, weights: np.ndarray, bias: float, spec: FeatureSpec, threshold: float,
                  window: int) -> None:
@@ -229,6 +232,10 @@ class InjectionDetector:
         self.spec = spec
         self.threshold = threshold
         self.window = window
+        # The same messages come back (retries, cache hits, canned prompts); scoring is
+        # deterministic, so their verdicts are remembered. Long texts are not: they would make
+        # the memo's memory unbounded and are rarely sent twice.
+        self._memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(self._evaluate)
 
     @classmethod
     def load(cls, path: str | Path | None = None,
@@ -259,7 +266,7 @@ class InjectionDetector:
         starts = range(0, len(prepared) - step, step)
         return [prepared] + [prepared[s : s + self.window] for s in starts]
 
-    def _evaluate(self, text: str) -> tuple[float, str, set[str]]:
+    def _evaluate(self, text: str) -> tuple[float, str, frozenset[str]]:
         best, best_view, fired_all = -np.inf, "text", set()
         for view_name, view in model_views(text):
             for chunk in self._chunks(prepare(view)):
@@ -267,13 +274,16 @@ class InjectionDetector:
                 fired_all.update(fired)
                 if logit > best:
                     best, best_view = logit, view_name
-        return 0.5 * (1.0 + math.tanh(best / 2)), best_view, fired_all  # sigmoid, no overflow
+        return 0.5 * (1.0 + math.tanh(best / 2)), best_view, frozenset(fired_all)  # sigmoid, no overflow
+
+    def _evaluated(self, text: str) -> tuple[float, str, frozenset[str]]:
+        return self._memo(text) if len(text) <= MEMO_MAX_CHARS else self._evaluate(text)
 
     def score(self, text: str) -> float:
-        return self._evaluate(text)[0]
+        return self._evaluated(text)[0]
 
     def check(self, text: str) -> InjectionVerdict:
-        score, view, fired = self._evaluate(text)
+        score, view, fired = self._evaluated(text)
         flagged = score >= self.threshold
         signals = (["model"] if flagged else []) + [f"rule:{r}" for r in RULES if r in fired]
         if flagged and view != "text":

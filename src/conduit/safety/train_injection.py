@@ -29,7 +29,7 @@ FPR at the threshold is <= CHAT_MAX_FPR. The calibration and the operating thres
 TARGET_FPR) are set on validation rows only, scored by models that did not learn from them; the
 shipped model is then fitted on everything but the held-out sets.
 Deterministic: liblinear with a fixed seed, hash-based folds and cuts, fixed zip timestamps.
-Needs the `guards-train` extra (which must include chatterbot-corpus)."""
+Needs the `guards` extra (pip install -e ".[guards]")."""
 
 from __future__ import annotations
 
