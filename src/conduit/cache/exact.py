@@ -31,7 +31,7 @@ def cache_key(tenant_id: str | None, request: GenerateRequest, stream: bool, sco
         "model": request.model,
         "messages": request.messages,
         "prompt": request.prompt,
-        "sampling": asdict(request.sampling),
+        "sampling": vars(request.sampling),  # asdict deep-copies: 30x slower, same JSON
         "logprobs": request.logprobs,
         "response_format": request.response_format,
         "stream": stream,

@@ -280,6 +280,6 @@ def _namespace(ctx: RequestContext, request: GenerateRequest, scope: dict | None
     system = [m.get("content") for m in request.messages or [] if m.get("role") == "system"]
     tenant = ctx.principal.tenant_id if ctx.principal else None
     blob = json.dumps({"tenant": tenant, "model": request.model, "system": system, "scope": scope,
-                       "sampling": asdict(request.sampling),
+                       "sampling": vars(request.sampling),
                        "response_format": request.response_format}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
