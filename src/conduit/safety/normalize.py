@@ -344,6 +344,24 @@ def _gloss_tables() -> dict[str, dict]:
     return tables
 
 
+@cache
+def _marked_languages() -> tuple[str, ...]:
+    return tuple(lang for lang, table in _gloss_tables().items() if table["stopwords"])
+
+
+@cache
+def _language_markers() -> dict[str, tuple[str, ...]]:
+    """Word -> the languages it points to: their function words, and their longer words that
+    are glossed ("anweisungen"). One lookup per word instead of one per word and language."""
+    markers: dict[str, list[str]] = {}
+    for lang in _marked_languages():
+        table = _gloss_tables()[lang]
+        glossed = (w for w, english in table["words"].items() if len(w) > 3 and english != w)
+        for word in {*table["stopwords"], *glossed}:
+            markers.setdefault(word, []).append(lang)
+    return {word: tuple(langs) for word, langs in markers.items()}
+
+
 def guess_language(folded: str) -> str:
     """A language of gloss.json / gloss_extra.json by the script (when at least a third of the
     letters are in one) or by its function and glossed words; 'en' when unsure."""
@@ -353,10 +371,11 @@ def guess_language(folded: str) -> str:
         script = max(counts, key=lambda lang: counts[lang])
         if counts[script] >= 2 and counts[script] * 3 >= letters:
             return "ja" if script == "zh" and _KANA.search(folded) else script
-    words = _WORD.findall(folded)  # function words, and longer words glossed ("anweisungen")
-    hits = {lang: sum(w in t["stopwords"] or (len(w) > 3 and t["words"].get(w, w) != w)
-                      for w in words)
-            for lang, t in _gloss_tables().items() if t["stopwords"]}
+    markers = _language_markers()
+    hits = dict.fromkeys(_marked_languages(), 0)
+    for word in _WORD.findall(folded):
+        for lang in markers.get(word, ()):
+            hits[lang] += 1
     best = max(hits, key=lambda lang: hits[lang])
     return best if hits[best] >= 2 and hits[best] > hits["en"] else "en"
 
