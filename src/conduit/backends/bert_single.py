@@ -16,16 +16,41 @@ import torch
 import torch.nn.functional as F
 
 
+class _Linear:
+    """y = x W^T + b, with W pre-packed for oneDNN where torch has it: re-packed on every call,
+    a 384 x 1536 bfloat16 weight costs a quarter of the product's time at 17 rows."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False) -> None:
+        self.weight, self.bias, self.gelu = weight, bias, gelu
+        self.packed = _packed(weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu" if self.gelu else "none",
+                                                      [], "none" if self.gelu else "")
+        y = F.linear(x, self.weight, self.bias)
+        return F.gelu(y) if self.gelu else y
+
+
+def _packed(weight: torch.Tensor) -> torch.Tensor | None:
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        probe = torch.ones(2, weight.shape[1], dtype=weight.dtype)
+        same = torch.allclose(torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], ""),
+                              F.linear(probe, weight), rtol=1e-2, atol=1e-2)
+        return packed if same else None
+    except (RuntimeError, AttributeError):  # an older torch, or no oneDNN kernel for this dtype
+        return None
+
+
 class _Layer(NamedTuple):
-    qkv_weight: torch.Tensor
-    qkv_bias: torch.Tensor
-    out_weight: torch.Tensor
-    out_bias: torch.Tensor
+    qkv: _Linear
+    out: _Linear
     attention_norm: tuple[torch.Tensor, torch.Tensor]
-    up_weight: torch.Tensor
-    up_bias: torch.Tensor
-    down_weight: torch.Tensor
-    down_bias: torch.Tensor
+    up: _Linear  # with the GELU
+    down: _Linear
     output_norm: tuple[torch.Tensor, torch.Tensor]
 
 
@@ -72,13 +97,10 @@ class SingleTextBert:
         x = self.words[ids] + self.positions[:n] + self.token_type
         x = F.layer_norm(x, (hidden,), *self.embedding_norm, self.eps)
         for layer in self.layers:
-            q, k, v = F.linear(x, layer.qkv_weight, layer.qkv_bias).view(n, 3, heads, -1).permute(1, 2, 0, 3)
+            q, k, v = layer.qkv(x).view(n, 3, heads, -1).permute(1, 2, 0, 3)
             attended = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(n, hidden)
-            x = F.layer_norm(F.linear(attended, layer.out_weight, layer.out_bias) + x, (hidden,),
-                             *layer.attention_norm, self.eps)
-            up = F.gelu(F.linear(x, layer.up_weight, layer.up_bias))
-            x = F.layer_norm(F.linear(up, layer.down_weight, layer.down_bias) + x, (hidden,),
-                             *layer.output_norm, self.eps)
+            x = F.layer_norm(layer.out(attended) + x, (hidden,), *layer.attention_norm, self.eps)
+            x = F.layer_norm(layer.down(layer.up(x)) + x, (hidden,), *layer.output_norm, self.eps)
         return F.normalize(x.float().mean(0), dim=-1)
 
 
@@ -97,10 +119,10 @@ def _layer(weights: dict[str, torch.Tensor], prefix: str) -> _Layer:
 
     attention = [f"attention.self.{part}" for part in ("query", "key", "value")]
     return _Layer(
-        torch.cat([get(f"{a}.weight") for a in attention]), torch.cat([get(f"{a}.bias") for a in attention]),
-        get("attention.output.dense.weight"), get("attention.output.dense.bias"),
+        _Linear(torch.cat([get(f"{a}.weight") for a in attention]), torch.cat([get(f"{a}.bias") for a in attention])),
+        _Linear(get("attention.output.dense.weight"), get("attention.output.dense.bias")),
         (get("attention.output.LayerNorm.weight"), get("attention.output.LayerNorm.bias")),
-        get("intermediate.dense.weight"), get("intermediate.dense.bias"),
-        get("output.dense.weight"), get("output.dense.bias"),
+        _Linear(get("intermediate.dense.weight"), get("intermediate.dense.bias"), gelu=True),
+        _Linear(get("output.dense.weight"), get("output.dense.bias")),
         (get("output.LayerNorm.weight"), get("output.LayerNorm.bias")),
     )
