@@ -37,6 +37,7 @@ import secrets
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tarfile
@@ -115,6 +116,20 @@ def group_cpu_seconds(pgid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def wait_quiet(pgid: int, busy_share: float = 0.05, timeout_s: float = 1800.0) -> float:
+    """Wait until a process group uses less than `busy_share` of a core over a second (the request
+    log's writer has caught up after a fill, say); returns the seconds waited."""
+    started = time.perf_counter()
+    before = group_cpu_seconds(pgid)
+    while time.perf_counter() - started < timeout_s:
+        time.sleep(1.0)
+        now = group_cpu_seconds(pgid)
+        if now - before < busy_share:
+            break
+        before = now
+    return time.perf_counter() - started
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -174,7 +189,7 @@ def _body(prompt: str) -> dict[str, Any]:
 
 def _check(target: Target) -> dict[str, str]:
     """One request must work and carry a usage block. Returns the response headers."""
-    status, headers, body = _post(target.url, _body(f"check {secrets.token_hex(4)}"), target.key)
+    status, headers, body = _post(target.url, _body(f"Write a one-line greeting for the check of batch {word_tag()}."), target.key)
     if status != 200 or "usage" not in body:
         raise RuntimeError(f"{target.name}: a test request answered {status}: {body}")
     return headers
@@ -248,7 +263,7 @@ def start_conduit(procs: Processes, workdir: Path, upstream: Target, workers: in
     target = Target("Conduit", f"http://127.0.0.1:{port}", key, process.pid, notes)
     _check(target)
     # The cache lookup really runs: the same deterministic request a second time is a hit.
-    probe = _body(f"cache probe {secrets.token_hex(4)}")
+    probe = _body(f"Write a one-line greeting for the cache probe of batch {word_tag()}.")
     verdicts = [_post(target.url, probe, key)[1].get("x-conduit-cache") for _ in range(2)]
     if verdicts != ["miss", "hit"]:
         raise RuntimeError(f"Conduit's exact cache did not answer miss then hit: {verdicts}")
@@ -312,6 +327,12 @@ def start_litellm(procs: Processes, workdir: Path, upstream: Target, reinstall: 
 # ---------------------------------------------------------------- load
 
 
+def word_tag() -> str:
+    """A random tag of letters: hex strings in a prompt raise the injection detector's score (it
+    has seen many encoded attacks), and a benchmark's traffic should look like ordinary chat."""
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
+
+
 WRK_SCRIPT = """-- POST a unique, deterministic chat request each time (a counter in the prompt).
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -322,8 +343,8 @@ function setup(thread)
   thread:set("tid", threads)
 end
 local counter = 0
-local head = '{{"model":"{model}","messages":[{{"role":"user","content":"bench {tag}-'
-local tail = ': say hello"}}],"temperature":0,"max_tokens":16}}'
+local head = '{{"model":"{model}","messages":[{{"role":"user","content":"Write a one-line greeting for order '
+local tail = ' in batch {tag}."}}],"temperature":0,"max_tokens":16}}'
 function request()
   counter = counter + 1
   return wrk.format(nil, nil, nil, head .. (tid or 0) .. "-" .. counter .. tail)
@@ -408,7 +429,7 @@ def saturate(target: Target, upstream: Target, wrk: str | None, workdir: Path, a
     auth = f'wrk.headers["Authorization"] = "Bearer {target.key}"' if target.key else ""
 
     def wrk_run(seconds: float, tag: str) -> str:
-        script.write_text(WRK_SCRIPT.format(auth=auth, model=MODEL, tag=f"{tag}-{secrets.token_hex(4)}"))
+        script.write_text(WRK_SCRIPT.format(auth=auth, model=MODEL, tag=f"{tag} {word_tag()}"))
         argv = [wrk, "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{seconds:g}s", "--latency",
                 "--timeout", "30s", "-s", str(script), target.url]
         run = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=seconds + 120)
@@ -632,6 +653,8 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> None:
         sat = saturate(target, upstream, wrk, workdir, args)
         console.print(f"  {_fmt(sat.get('rps'), 0)} req/s, p50 {_fmt(sat.get('p50_ms'))} ms, "
                       f"{_fmt(sat.get('server_cpu_ms_per_request'))} ms CPU / request")
+        # Work the saturation left queued (request-log rows and traces) must not land in the latency runs.
+        sat["settled_after_s"] = round(wait_quiet(target.pid), 1)
         by_rate: dict[str, dict[str, Any] | None] = {}
         for rate in rates:
             if sat.get("rps") and sat["rps"] < 1.1 * rate:

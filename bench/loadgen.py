@@ -23,6 +23,7 @@ import asyncio
 import json
 import math
 import secrets
+import string
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -42,23 +43,63 @@ class Target:
         return cls(parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/", model, key)
 
 
+# `--questions asked|reworded`: question number n as a user might ask it, or the same question in
+# other words (a semantic-cache hit). 40 x 50 x 60 = 120,000 distinct questions.
+_VERBS = ["export", "import", "archive", "rename", "share", "print", "download", "upload", "sort", "filter",
+          "merge", "split", "copy", "move", "tag", "sign", "scan", "back up", "restore", "translate",
+          "encrypt", "compress", "preview", "search", "label", "schedule", "approve", "review", "publish",
+          "sync", "convert", "duplicate", "annotate", "bookmark", "pin", "group", "rotate", "crop", "flag", "clean up"]
+_OBJECTS = ["invoices", "receipts", "contracts", "photos", "videos", "playlists", "spreadsheets", "slides",
+            "notes", "calendars", "contacts", "emails", "chat logs", "recipes", "maps", "tickets", "reports",
+            "budgets", "timesheets", "résumés", "certificates", "passwords", "bookmarks", "podcasts",
+            "audiobooks", "course notes", "lab results", "tax forms", "pay slips", "floor plans", "sketches",
+            "diagrams", "meeting minutes", "project plans", "support cases", "shipping labels", "warranties",
+            "manuals", "subtitles", "fonts", "icons", "logos", "templates", "surveys", "quizzes", "forms",
+            "newsletters", "blog drafts", "price lists", "inventory sheets"]
+_PLACES = ["on the mobile app", "on the website", "in the desktop client", "from my tablet",
+           "on a Chromebook", "on Linux", "on macOS", "on Windows", "from the command line", "through the API",
+           "in offline mode", "while travelling", "on a shared account", "for my whole team", "for one client",
+           "every Monday", "at the end of the month", "before the deadline", "in bulk", "one at a time",
+           "without losing comments", "with their history", "into a single folder", "by date", "by size",
+           "by owner", "in the old layout", "in dark mode", "with a screen reader", "on a slow connection",
+           "from an archive", "after a reinstall", "in a new workspace", "for an auditor", "for a new hire",
+           "in another language", "as PDF", "as CSV", "as a zip file", "to cloud storage", "to a USB stick",
+           "to my printer", "to a colleague", "to a shared drive", "with a password", "with watermarks",
+           "in high resolution", "in grayscale", "on a schedule", "automatically", "by hand", "in a browser",
+           "inside a team channel", "from an email", "in a sandbox", "for a trial account",
+           "for a closed project", "for last year", "for this quarter", "for a deleted user"]
+
+
+def question(number: int, reworded: bool) -> str:
+    verb = _VERBS[number % len(_VERBS)]
+    rest, number = _OBJECTS[number // len(_VERBS) % len(_OBJECTS)], number // (len(_VERBS) * len(_OBJECTS))
+    place = _PLACES[number % len(_PLACES)]
+    return f"How {'can' if reworded else 'do'} I {verb} my {rest} {place}?"
+
+
 class Requests:
     """Pre-rendered request bytes; only the counter in the prompt changes."""
 
-    def __init__(self, target: Target, tag: str, distinct: int | None = None) -> None:
+    def __init__(self, target: Target, tag: str, distinct: int | None = None, questions: str = "plain",
+                 offset: int = 0) -> None:
         auth = f"authorization: Bearer {target.key}\r\n" if target.key else ""
         self._head = (f"POST {target.path} HTTP/1.1\r\nhost: {target.host}:{target.port}\r\n"
                       f"content-type: application/json\r\n{auth}content-length: ").encode()
         self._model = json.dumps(target.model)
         self._tag = tag
         self._distinct = distinct  # prompts repeat after this many (cache hits), else never
-        self._counter = 0
+        self._questions = questions
+        self._counter = offset
 
     def next(self) -> bytes:
         self._counter += 1
-        number = (self._counter - 1) % self._distinct + 1 if self._distinct else self._counter
-        body = (f'{{"model":{self._model},"messages":[{{"role":"user","content":'
-                f'"bench {self._tag}-{number}: say hello"}}],"temperature":0,"max_tokens":16}}').encode()
+        number = (self._counter - 1) % self._distinct + 1 if self._distinct else self._counter  # from 1
+        if self._questions == "plain":
+            content = f"Write a one-line greeting for order {number} in batch {self._tag}."
+        else:
+            content = question(number, self._questions == "reworded")
+        body = (f'{{"model":{self._model},"messages":[{{"role":"user","content":{json.dumps(content)}}}],'
+                f'"temperature":0,"max_tokens":16}}').encode()
         return self._head + str(len(body)).encode() + b"\r\n\r\n" + body
 
 
@@ -71,8 +112,9 @@ class Connection:
         reader, writer = await asyncio.open_connection(target.host, target.port)
         return cls(reader, writer)
 
-    async def exchange(self, request: bytes) -> int:
-        """Send one request, read the whole response; returns the status code."""
+    async def exchange(self, request: bytes) -> tuple[int, str | None]:
+        """Send one request, read the whole response; returns the status code and the
+        `x-conduit-cache` header, if any."""
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -94,7 +136,7 @@ class Connection:
             raise ConnectionResetError("response without a length")
         if headers.get("connection") == "close":
             raise ConnectionResetError("server closed the connection")
-        return status
+        return status, headers.get("x-conduit-cache")
 
     def close(self) -> None:
         self.writer.close()
@@ -105,6 +147,7 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     lateness_ms: list[float] = field(default_factory=list)  # how late the generator itself sent
     statuses: dict[int, int] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)  # x-conduit-cache value -> answers
     failures: int = 0
     connections_opened: int = 0
 
@@ -113,6 +156,7 @@ class Tally:
         ok = self.statuses.get(200, 0)
         return {
             "requests": len(ordered), "ok": ok, "statuses": {str(k): v for k, v in self.statuses.items()},
+            "cache": dict(self.cache),
             "failures": self.failures, "seconds": round(seconds, 3), "rps": round(ok / seconds, 1) if seconds else 0,
             "connections_opened": self.connections_opened,
             "send_lateness_p99_ms": _percentile(sorted(self.lateness_ms), 99),
@@ -158,7 +202,7 @@ class Pool:
             self._tally.lateness_ms.append((since - scheduled) * 1000)
         connection = await self._acquire()
         try:
-            status = await connection.exchange(request)
+            status, cache = await connection.exchange(request)
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
             connection.close()
             self._opened -= 1
@@ -169,6 +213,8 @@ class Pool:
         if record:
             self._tally.latencies_ms.append((time.perf_counter() - since) * 1000)
             self._tally.statuses[status] = self._tally.statuses.get(status, 0) + 1
+            if cache is not None:
+                self._tally.cache[cache] = self._tally.cache.get(cache, 0) + 1
 
     def close(self) -> None:
         while not self._idle.empty():
@@ -237,9 +283,14 @@ def main() -> None:
                         help="Cycle over this many prompts (repeats: cache hits) instead of all unique ones.")
     parser.add_argument("--tag", default=None, help="The prompts' tag: the same tag, the same prompts.")
     parser.add_argument("--count", type=int, default=None, help="closed: stop after this many requests.")
+    parser.add_argument("--questions", choices=["plain", "asked", "reworded"], default="plain",
+                        help="plain: 'Write a one-line greeting for order <n> in batch <tag>.'; asked: a generated question n; "
+                             "reworded: question n in other words (a semantic-cache hit).")
+    parser.add_argument("--offset", type=int, default=0, help="Number the prompts from offset + 1.")
     args = parser.parse_args()
     target = Target.parse(args.url, args.model, args.key)
-    requests = Requests(target, args.tag or secrets.token_hex(4), args.distinct)
+    tag = args.tag or "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))  # no hex: see gateway.word_tag
+    requests = Requests(target, tag, args.distinct, args.questions, args.offset)
     if args.mode == "open":
         result = asyncio.run(open_loop(target, args.rate, args.seconds, args.warmup, args.connections,
                                        args.max_connections, requests))
