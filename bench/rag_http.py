@@ -2,8 +2,10 @@
 `POST /v1/vector_stores/{id}/search` over HTTP with the FAQ questions, against a `conduit serve`.
 
     python bench/rag_http.py [--max-pages N] [--rounds 3]
+    python bench/rag_http.py --corpus linux --chunk-size 128   # Debian's linux-doc-6.1: >100,000 chunks
 
-Prints ingest throughput (from the CLI's own summary) and search latency p50/p95 per retrieval
+For the Linux corpus (no question set) the queries are 100 section headings of its pages, as in
+`bench/rag.py --corpus linux`. Prints ingest throughput (from the CLI's own summary) and search latency p50/p95 per retrieval
 mode, with the server's memory; writes bench/results/rag_http.json. Loopback only.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -45,30 +46,82 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def linux_corpus(root: Path, max_pages: int | None, copy: bool = True) -> tuple[Path, list[str]]:
+    """The kernel's HTML pages as bench/rag.py selects them, copied (symlinks out of an ingested
+    folder are refused), and section headings of a sample of them as queries."""
+    import shutil
+
+    import rag  # bench/rag.py, next to this file
+
+    from conduit.rag.parse import parse_file
+
+    files = rag.linux_files(max_pages)
+    for path in files if copy else ():
+        target = root / path.relative_to(rag.LINUX_HTML)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    sample = files[:: max(1, len(files) // 400)]
+    documents = [(str(path), parse_file(path, root=rag.LINUX_HTML)) for path in sample]
+    return root, rag.heading_queries(documents, 100)
+
+
+def stored(data_dir: Path) -> tuple[int, int]:
+    """(files ingested, chunks) in a data directory's database."""
+    import sqlite3
+
+    path = data_dir / "conduit.db"
+    if not path.exists():
+        return 0, 0
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        try:
+            files = db.execute("SELECT count(*) FROM vector_store_files WHERE status = 'completed'").fetchone()[0]
+            return files, db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0, 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-pages", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3, help="Passes over the questions per mode.")
+    parser.add_argument("--corpus", choices=("django", "linux"), default="django")
+    parser.add_argument("--chunk-size", type=int, default=None, help="Tokens per chunk (conduit ingest's default: 200).")
+    parser.add_argument("--max-chunks", type=int, default=None,
+                        help="Stop the ingest once the store holds this many chunks (files ingested whole).")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="The data directory of an earlier run: no ingest, only the searches.")
     args = parser.parse_args()
 
-    django_qa.ensure_debian_package(django_qa.DJANGO_PACKAGE, django_qa.DJANGO_HTML)
-    work = Path(tempfile.mkdtemp(prefix="rag-http-"))
-    # A private copy: bench/rag.py may be reading its own at the same time.
-    corpus = django_qa.build_corpus(django_qa.DJANGO_HTML, work / "corpus", args.max_pages)
-    questions = [q.text for q in corpus.questions]
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="rag-http-"))
+    if args.reuse is not None and args.corpus == "linux":
+        corpus_root, questions = linux_corpus(work / "corpus", args.max_pages, copy=False)
+    elif args.corpus == "django":
+        django_qa.ensure_debian_package(django_qa.DJANGO_PACKAGE, django_qa.DJANGO_HTML)
+        # A private copy: bench/rag.py may be reading its own at the same time.
+        corpus = django_qa.build_corpus(django_qa.DJANGO_HTML, work / "corpus", args.max_pages)
+        corpus_root, questions = corpus.root, [q.text for q in corpus.questions]
+    else:
+        corpus_root, questions = linux_corpus(work / "corpus", args.max_pages)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")},
            "CONDUIT_DATA_DIR": str(work), "CONDUIT_ADMIN_KEY": "cdk-admin-bench", "CONDUIT_SERVER__LOG_LEVEL": "warning",
            "CONDUIT_MODELS": json.dumps([{"name": "none", "deployments": [
                {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}]}])}
     conduit = [sys.executable, "-m", "conduit.cli"]
 
-    started = time.perf_counter()
-    ingest = subprocess.run([*conduit, "ingest", str(corpus.root), "--collection", "django"], env=env,
-                            capture_output=True, text=True, check=True)
-    ingest_s = time.perf_counter() - started
-    summary = re.search(r"(\d+) file\(s\) ingested, (\d+) chunks", ingest.stderr)
-    assert summary, ingest.stderr[-2000:]
-    files, chunks = int(summary.group(1)), int(summary.group(2))
+    ingest_s = float("nan")
+    if args.reuse is None:
+        started = time.perf_counter()
+        chunking = ["--chunk-size", str(args.chunk_size)] if args.chunk_size else []
+        ingest = subprocess.Popen([*conduit, "ingest", str(corpus_root), "--collection", args.corpus, *chunking],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while ingest.poll() is None:
+            time.sleep(5)
+            if args.max_chunks and stored(work)[1] >= args.max_chunks:
+                ingest.terminate()  # files are committed one at a time: the store stays whole
+        ingest_s = time.perf_counter() - started
+        errors = ingest.stderr.read() if ingest.stderr else ""
+        assert ingest.returncode == 0 or args.max_chunks, errors[-2000:]
+    files, chunks = stored(work)
 
     port = free_port()
     server = subprocess.Popen([*conduit, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
@@ -85,7 +138,7 @@ def main() -> None:
                     pass
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
-            store = next(s for s in client.get("/v1/vector_stores").json()["data"] if s["name"] == "django")
+            store = next(s for s in client.get("/v1/vector_stores").json()["data"] if s["name"] == args.corpus)
             rows = []
             for mode in ("hybrid", "dense", "sparse"):
                 body = lambda q: {"query": q, "max_num_results": 10, "ranking_options": {"ranker": mode}}  # noqa: E731
@@ -104,7 +157,7 @@ def main() -> None:
         server.terminate()
         server.wait(30)
 
-    table = Table(title=f"conduit ingest + HTTP search: Django docs, {files} pages, {chunks:,} chunks "
+    table = Table(title=f"conduit ingest + HTTP search: {args.corpus} docs, {files} pages, {chunks:,} chunks "
                         f"(2-core CPU, load {os.getloadavg()[0]:.1f})")
     for column in ("mode", "queries", "search p50 ms", "search p95 ms"):
         table.add_column(column)
@@ -114,8 +167,8 @@ def main() -> None:
     console.print(f"ingest (parse, chunk, embed, commit, index): {ingest_s:.0f} s, {chunks / ingest_s:.1f} chunks/s, "
                   f"{files / ingest_s:.2f} pages/s; server RSS after searches {memory:.0f} MB")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "rag_http.json"
-    out.write_text(json.dumps({"pages": files, "chunks": chunks, "ingest_s": ingest_s,
+    out = RESULTS / f"rag_http{'' if args.corpus == 'django' else '_' + args.corpus}.json"
+    out.write_text(json.dumps({"corpus": args.corpus, "chunk_size": args.chunk_size, "pages": files, "chunks": chunks, "ingest_s": ingest_s,
                                "chunks_per_s": chunks / ingest_s, "search": rows, "server_rss_mb": memory,
                                "load_average": os.getloadavg()}, indent=1))
     console.print(f"wrote {out}")
