@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conduit.backends import bert_single
 from conduit.backends.bert_single import SingleTextBert
 from conduit.backends.embeddings import LocalEmbedder
 
@@ -19,9 +20,15 @@ def float32_model():
     return embedder._load()
 
 
-def test_single_text_path_matches_sentence_transformers(float32_model) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "plain-linear"])
+def test_single_text_path_matches_sentence_transformers(float32_model, packed: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if not packed:  # what a torch without oneDNN's packed linear runs
+        monkeypatch.setattr(bert_single, "_packed", lambda weight: None)
     single = SingleTextBert.from_sentence_transformer(float32_model)
     assert single is not None
+    if not packed:
+        assert all(layer.up.packed is None for layer in single.layers)
     reference = float32_model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True, batch_size=1)
     ours = np.stack([single(text) for text in TEXTS])
     assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
