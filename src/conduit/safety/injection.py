@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from conduit.safety.normalize import DECODED_KINDS, fold, guess_language, labelled_views
+from conduit.safety.languages import fold, guess_language
+from conduit.safety.normalize import DECODED_KINDS, labelled_views
 
 ARTIFACT = Path(__file__).with_name("data") / "injection_model.npz"
 MEMO_ENTRIES = 4096  # recent verdicts remembered, each of a text of at most MEMO_MAX_CHARS
