@@ -37,7 +37,6 @@ import secrets
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import tarfile
@@ -51,6 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+from loadgen import word_tag  # bench/loadgen.py, next to this file
 from rich.console import Console
 from rich.table import Table
 
@@ -189,7 +189,8 @@ def _body(prompt: str) -> dict[str, Any]:
 
 def _check(target: Target) -> dict[str, str]:
     """One request must work and carry a usage block. Returns the response headers."""
-    status, headers, body = _post(target.url, _body(f"Write a one-line greeting for the check of batch {word_tag()}."), target.key)
+    prompt = f"Write a one-line greeting for the check of batch {word_tag()}."
+    status, headers, body = _post(target.url, _body(prompt), target.key)
     if status != 200 or "usage" not in body:
         raise RuntimeError(f"{target.name}: a test request answered {status}: {body}")
     return headers
@@ -325,12 +326,6 @@ def start_litellm(procs: Processes, workdir: Path, upstream: Target, reinstall: 
 
 
 # ---------------------------------------------------------------- load
-
-
-def word_tag() -> str:
-    """A random tag of letters: hex strings in a prompt raise the injection detector's score (it
-    has seen many encoded attacks), and a benchmark's traffic should look like ordinary chat."""
-    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
 
 
 WRK_SCRIPT = """-- POST a unique, deterministic chat request each time (a counter in the prompt).

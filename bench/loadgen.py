@@ -70,6 +70,12 @@ _PLACES = ["on the mobile app", "on the website", "in the desktop client", "from
            "for a closed project", "for last year", "for this quarter", "for a deleted user"]
 
 
+def word_tag() -> str:
+    """A random tag of letters: hex strings in a prompt raise the injection detector's score (it
+    has seen many encoded attacks), and a benchmark's traffic should look like ordinary chat."""
+    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))
+
+
 def question(number: int, reworded: bool) -> str:
     verb = _VERBS[number % len(_VERBS)]
     rest, number = _OBJECTS[number // len(_VERBS) % len(_OBJECTS)], number // (len(_VERBS) * len(_OBJECTS))
@@ -284,13 +290,13 @@ def main() -> None:
     parser.add_argument("--tag", default=None, help="The prompts' tag: the same tag, the same prompts.")
     parser.add_argument("--count", type=int, default=None, help="closed: stop after this many requests.")
     parser.add_argument("--questions", choices=["plain", "asked", "reworded"], default="plain",
-                        help="plain: 'Write a one-line greeting for order <n> in batch <tag>.'; asked: a generated question n; "
-                             "reworded: question n in other words (a semantic-cache hit).")
+                        help="plain: 'Write a one-line greeting for order <n> in batch <tag>.'; "
+                             "asked: a generated question n; reworded: question n in other words "
+                             "(a semantic-cache hit).")
     parser.add_argument("--offset", type=int, default=0, help="Number the prompts from offset + 1.")
     args = parser.parse_args()
     target = Target.parse(args.url, args.model, args.key)
-    tag = args.tag or "".join(secrets.choice(string.ascii_lowercase) for _ in range(6))  # no hex: see gateway.word_tag
-    requests = Requests(target, tag, args.distinct, args.questions, args.offset)
+    requests = Requests(target, args.tag or word_tag(), args.distinct, args.questions, args.offset)
     if args.mode == "open":
         result = asyncio.run(open_loop(target, args.rate, args.seconds, args.warmup, args.connections,
                                        args.max_connections, requests))

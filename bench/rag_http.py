@@ -5,8 +5,9 @@
     python bench/rag_http.py --corpus linux --chunk-size 128   # Debian's linux-doc-6.1: >100,000 chunks
 
 For the Linux corpus (no question set) the queries are 100 section headings of its pages, as in
-`bench/rag.py --corpus linux`. Prints ingest throughput (from the CLI's own summary) and search latency p50/p95 per retrieval
-mode, with the server's memory; writes bench/results/rag_http.json. Loopback only.
+`bench/rag.py --corpus linux`. Prints ingest throughput (the ingest's wall time; files and chunks
+counted in the database) and search latency p50/p95 per retrieval mode, with the server's memory;
+writes bench/results/rag_http[_linux].json. Loopback only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,7 +87,8 @@ def main() -> None:
     parser.add_argument("--max-pages", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3, help="Passes over the questions per mode.")
     parser.add_argument("--corpus", choices=("django", "linux"), default="django")
-    parser.add_argument("--chunk-size", type=int, default=None, help="Tokens per chunk (conduit ingest's default: 200).")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="Tokens per chunk (conduit ingest's default: 200).")
     parser.add_argument("--max-chunks", type=int, default=None,
                         help="Stop the ingest once the store holds this many chunks (files ingested whole).")
     parser.add_argument("--reuse", type=Path, default=None,
@@ -93,15 +96,15 @@ def main() -> None:
     args = parser.parse_args()
 
     work = args.reuse or Path(tempfile.mkdtemp(prefix="rag-http-"))
-    if args.reuse is not None and args.corpus == "linux":
-        corpus_root, questions = linux_corpus(work / "corpus", args.max_pages, copy=False)
-    elif args.corpus == "django":
-        django_qa.ensure_debian_package(django_qa.DJANGO_PACKAGE, django_qa.DJANGO_HTML)
-        # A private copy: bench/rag.py may be reading its own at the same time.
-        corpus = django_qa.build_corpus(django_qa.DJANGO_HTML, work / "corpus", args.max_pages)
-        corpus_root, questions = corpus.root, [q.text for q in corpus.questions]
+    if args.corpus == "linux":
+        corpus_root, questions = linux_corpus(work / "corpus", args.max_pages, copy=args.reuse is None)
     else:
-        corpus_root, questions = linux_corpus(work / "corpus", args.max_pages)
+        django_qa.ensure_debian_package(django_qa.DJANGO_PACKAGE, django_qa.DJANGO_HTML)
+        # A private copy: bench/rag.py may be reading its own at the same time. Reused: the
+        # questions only, from a copy of their own.
+        copy_to = work / "corpus" if args.reuse is None else Path(tempfile.mkdtemp(prefix="rag-http-q-"))
+        corpus = django_qa.build_corpus(django_qa.DJANGO_HTML, copy_to, args.max_pages)
+        corpus_root, questions = corpus.root, [q.text for q in corpus.questions]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONDUIT_")},
            "CONDUIT_DATA_DIR": str(work), "CONDUIT_ADMIN_KEY": "cdk-admin-bench", "CONDUIT_SERVER__LOG_LEVEL": "warning",
            "CONDUIT_MODELS": json.dumps([{"name": "none", "deployments": [
@@ -120,7 +123,8 @@ def main() -> None:
                 ingest.terminate()  # files are committed one at a time: the store stays whole
         ingest_s = time.perf_counter() - started
         errors = ingest.stderr.read() if ingest.stderr else ""
-        assert ingest.returncode == 0 or args.max_chunks, errors[-2000:]
+        stopped = bool(args.max_chunks) and ingest.returncode == -signal.SIGTERM
+        assert ingest.returncode == 0 or stopped, errors[-2000:]
     files, chunks = stored(work)
 
     port = free_port()
@@ -169,12 +173,16 @@ def main() -> None:
     for row in rows:
         table.add_row(row["mode"], str(row["queries"]), f"{row['p50_ms']:.1f}", f"{row['p95_ms']:.1f}")
     console.print(table)
-    console.print(f"ingest (parse, chunk, embed, commit, index): {ingest_s:.0f} s, {chunks / ingest_s:.1f} chunks/s, "
-                  f"{files / ingest_s:.2f} pages/s; server RSS after searches {memory:.0f} MB")
+    if args.reuse is None:
+        console.print(f"ingest (parse, chunk, embed, commit, index): {ingest_s:.0f} s, "
+                      f"{chunks / ingest_s:.1f} chunks/s, {files / ingest_s:.2f} pages/s")
+    console.print(f"server RSS after searches {memory:.0f} MB")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"rag_http{'' if args.corpus == 'django' else '_' + args.corpus}.json"
-    out.write_text(json.dumps({"corpus": args.corpus, "chunk_size": args.chunk_size, "pages": files, "chunks": chunks, "ingest_s": ingest_s,
-                               "chunks_per_s": chunks / ingest_s, "search": rows, "server_rss_mb": memory,
+    out.write_text(json.dumps({"corpus": args.corpus, "chunk_size": args.chunk_size, "pages": files,
+                               "chunks": chunks, "ingest_s": None if args.reuse else ingest_s,
+                               "chunks_per_s": None if args.reuse else chunks / ingest_s,
+                               "search": rows, "server_rss_mb": memory,
                                "load_average": os.getloadavg()}, indent=1))
     console.print(f"wrote {out}")
 
