@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import hashlib
 import json
 import subprocess
 import sys
@@ -258,7 +259,20 @@ def test_ordinary_requests_are_not_flagged(detector: InjectionDetector, text: st
     assert not verdict.flagged and verdict.score < detector.threshold
 
 
-@pytest.mark.parametrize("text", EVERYDAY)
+_SHA256 = hashlib.sha256(b"conduit").hexdigest()
+_JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiI0MiIsIm4iOjd9"
+        ".Sfl8KxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+# Hashes, UUIDs and tokens carry no instruction, but their characters read like noise.
+WITH_IDENTIFIERS = [
+    f"The download page lists sha256 {_SHA256} for the tarball, but mine differs.",
+    f"The commit {_SHA256[:12]} broke the nightly build, can you look?",
+    "Why was session 3f2b9c7d-1a4e-4b8f-9c2d-7e6f5a4b3c2d logged out?",
+    f"My app gets this token back: {_JWT}",
+    f"Checksum: {_SHA256.upper()}",
+]
+
+
+@pytest.mark.parametrize("text", EVERYDAY + WITH_IDENTIFIERS)
 def test_everyday_messages_are_not_flagged(detector: InjectionDetector, text: str) -> None:
     verdict = detector.check(text)
     assert not verdict.flagged, (verdict.score, verdict.signals)
@@ -270,6 +284,15 @@ def test_requests_in_an_attacks_words_are_not_flagged(
 ) -> None:
     verdict = detector.check(text)
     assert not verdict.flagged, (verdict.score, verdict.signals)
+
+
+def test_an_identifier_adds_nothing_to_the_score(detector: InjectionDetector) -> None:
+    text = f"Is {_SHA256} the digest of the release, or {_JWT} its token?"
+    assert detector.score(text) == detector.score("Is the digest of the release, or its token?")
+
+
+def test_an_attack_is_flagged_with_a_hash_around_it(detector: InjectionDetector) -> None:
+    assert detector.check(f"{_SHA256} {ATTACKS[0]} {_SHA256}").flagged
 
 
 @pytest.mark.parametrize("text", CLASSIC_ATTACKS)

@@ -140,7 +140,32 @@ RULES: dict[str, re.Pattern[str]] = {
 }
 
 
-prepare = fold  # what features and rules read: casefolded, accents stripped
+# Identifiers: hashes and hex ids, UUIDs, and base64/JWT-like tokens (a digit, both cases) that
+# no decoding turned into text. They carry no instruction, but their characters are noise to the
+# n-gram model and noise reads as an attack's adversarial suffix (a SHA-256 checksum scored 0.96),
+# so they are dropped. Not replaced by a word: the few training attacks made of an identifier
+# alone would teach that word to be an attack.
+_IDENTIFIER = re.compile(
+    r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b"
+    r"|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,}\b"
+    r"|\b(?=[0-9A-F]*[A-F])(?=[0-9A-F]*\d)[0-9A-F]{12,}\b"
+    r"|(?<![\w+=.-])(?=[\w+=.-]*\d)(?=[\w+=.-]*[a-z])(?=[\w+=.-]*[A-Z])[\w+=.-]{20,}"
+)
+# Every identifier holds a digit, so only runs of token characters with one are searched: half the
+# time of searching the whole text, and most chat has no digit at all.
+_DIGIT = re.compile(r"\d")
+_TOKEN_WITH_DIGIT = re.compile(r"(?<![\w+=.-])[\w+=.-]*\d[\w+=.-]*")
+
+
+def _drop_identifiers(text: str) -> str:
+    if not _DIGIT.search(text):  # most messages: decided at the first digit or the end
+        return text
+    return _TOKEN_WITH_DIGIT.sub(lambda token: _IDENTIFIER.sub(" ", token.group()), text)
+
+
+def prepare(text: str) -> str:
+    """What features and rules read: identifiers dropped, casefolded, accents stripped."""
+    return fold(_drop_identifiers(text))
 
 
 def model_views(text: str) -> list[tuple[str, str]]:
