@@ -24,6 +24,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -156,12 +157,16 @@ def print_report(result: dict) -> None:
               f"p99 {timing['p99_ms']:.2f} ms, max {timing['max_ms']:.2f} ms (1 thread)")
 
 
+def report(result: dict, print_table: Callable[[dict], None], out: Path) -> None:
+    """Print a run's tables and keep its figures in `out` (JSON)."""
+    print_table(result)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out} in {result['seconds']:.0f} s")
+
+
 def main() -> None:
-    result = run()
-    print_report(result)
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=1))
-    print(f"wrote {OUT} in {result['seconds']:.0f} s")
+    report(run(), print_report, OUT)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,14 @@ def scan(
 @guards_app.command("train")
 def train(
     out: Annotated[Path | None, typer.Option(help="Where to write the artifact (default: the shipped one).")] = None,
+    documents: Annotated[bool, typer.Option(
+        "--documents", help="Train the detector of retrieved documents instead of messages.")] = False,
 ) -> None:
-    """Re-train the prompt-injection detector (needs `pip install -e '.[guards]'`)."""
-    from conduit.safety.train_injection import main
+    """Re-train the prompt-injection detector of messages, or with --documents the one of
+    retrieved documents (needs `pip install -e '.[guards]'`)."""
+    if documents:
+        from conduit.safety.train_documents import main
+    else:
+        from conduit.safety.train_injection import main
 
     main(["--out", str(out)] if out is not None else [])

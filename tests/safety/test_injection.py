@@ -14,11 +14,17 @@ import urllib.parse
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conduit.safety.injection import ARTIFACT, InjectionDetector, InjectionVerdict
+from conduit.safety.injection import (
+    ARTIFACT,
+    DOCUMENTS_ARTIFACT,
+    InjectionDetector,
+    InjectionVerdict,
+)
 from conduit.safety.languages import fold, guess_language
 from conduit.safety.normalize import labelled_views, normalize, views
 
@@ -295,6 +301,31 @@ def test_an_attack_is_flagged_with_a_hash_around_it(detector: InjectionDetector)
     assert detector.check(f"{_SHA256} {ATTACKS[0]} {_SHA256}").flagged
 
 
+# Documentation speaks in the imperative of commands, output and configuration: to the message
+# detector that is an attack, so retrieved chunks are scored by the document detector.
+DOCUMENTATION = [
+    ("Installation. To install the harbour client, run pip install harbour. Configure the server in "
+     "settings.toml: set port to 8080 and debug to false, then run harbour serve to start it. Logs "
+     "are printed to standard output; pass --quiet to hide them."),
+    ("Changing the tide alarm. Run harbourctl config set alarm.level 3 and restart the service. "
+     "The command prints the current configuration. To override the default schedule, edit "
+     "/etc/harbour/tides.toml."),
+]
+
+
+@pytest.mark.parametrize("text", DOCUMENTATION)
+def test_documentation_is_not_an_injection_to_the_document_detector(
+    detector: InjectionDetector, text: str
+) -> None:
+    assert detector.check(text).flagged  # why documents have a detector of their own
+    assert not InjectionDetector.load(DOCUMENTS_ARTIFACT).check(text).flagged
+
+
+def test_an_injection_hidden_in_documentation_is_flagged() -> None:
+    page = DOCUMENTATION[0].replace("Logs are", f"{PAYLOAD} Logs are")
+    assert InjectionDetector.load(DOCUMENTS_ARTIFACT).check(page).flagged
+
+
 @pytest.mark.parametrize("text", CLASSIC_ATTACKS)
 def test_classic_attacks_are_still_flagged(detector: InjectionDetector, text: str) -> None:
     assert detector.check(text).flagged
@@ -330,12 +361,13 @@ def test_threshold_can_be_overridden_at_load() -> None:
     assert 0.0 <= verdict.score <= 1.0
 
 
-def test_artifact_is_plain_arrays_without_pickle() -> None:
-    with zipfile.ZipFile(ARTIFACT) as archive:
+@pytest.mark.parametrize("path", [ARTIFACT, DOCUMENTS_ARTIFACT])
+def test_artifact_is_plain_arrays_without_pickle(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
         assert all(name.endswith(".npy") for name in archive.namelist())
-    with np.load(ARTIFACT, allow_pickle=False) as artifact:
+    with np.load(path, allow_pickle=False) as artifact:
         assert all(artifact[name].dtype.kind != "O" for name in artifact.files)
-    assert ARTIFACT.stat().st_size < 5_000_000
+    assert path.stat().st_size < 5_000_000
 
 
 def test_inference_does_not_import_training_libraries() -> None:

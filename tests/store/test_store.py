@@ -28,7 +28,7 @@ def test_migrations_create_schema_idempotently(db: Database) -> None:
     assert {"tenants", "api_keys", "request_log", "request_traces", "feedback", "alembic_version"} <= tables
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0009"
 
 
 def test_keys(db: Database) -> None:

@@ -102,12 +102,12 @@ def create_app(settings: Settings) -> FastAPI:
         events = EventSink(registry.client)
         guards = await asyncio.to_thread(_guards, settings, admin_key, events)
         app.state.guard_stats = guards.stats
-        detector = guards.detector
+        document_detector = guards.document_detector
         collections = Collections(CollectionStore(db, settings.data_dir / "files"), embedder,
                                   settings.data_dir / "indexes",
                                   reranker=make_reranker(rag.rerank, embedder, rag.cross_encoder_path),
                                   rerank_candidates=rag.rerank_candidates,
-                                  injection_scorer=detector.score if detector is not None else None)
+                                  injection_scorer=document_detector.score if document_detector else None)
         semantic = _semantic_cache(settings, embedder)
         if semantic is not None:  # free the answers that read a collection as soon as it changes
             collections.listeners.append(semantic.invalidate_collection)
@@ -180,7 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
 def _guards(settings: Settings, admin_key: str, events: EventSink) -> Guards:
     """The guard stage, with the PII recognizers built now for every policy that uses them
     (Presidio takes a while to set up: not on a request's time)."""
-    from conduit.safety.injection import InjectionDetector
+    from conduit.safety.injection import DOCUMENTS_ARTIFACT, InjectionDetector
 
     @functools.cache
     def pii(entities: tuple[str, ...]):  # -> PiiScanner, imported only when used
@@ -195,7 +195,8 @@ def _guards(settings: Settings, admin_key: str, events: EventSink) -> Guards:
     canary_secret = hashlib.sha256(b"conduit-canary:" + admin_key.encode()).digest()
     return Guards(settings.guards, {m.name: m.guards for m in settings.models},
                   {t.name: t.guards for t in settings.tenants}, InjectionDetector.load(),
-                  lambda entities: pii(tuple(entities)), events, GuardStats(), canary_secret)
+                  lambda entities: pii(tuple(entities)), events, GuardStats(), canary_secret,
+                  InjectionDetector.load(DOCUMENTS_ARTIFACT))
 
 
 def _limit_store(settings: Settings) -> LimitStore:

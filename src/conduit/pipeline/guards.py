@@ -49,11 +49,13 @@ class Guards:
     def __init__(self, policy: GuardPolicy, model_overrides: dict[str, dict | None],
                  tenant_overrides: dict[str, dict | None], detector: InjectionDetector | None,
                  pii: Callable[[Sequence[str]], PiiScanner], events: EventSink, stats: GuardStats,
-                 canary_secret: bytes | None = None) -> None:
+                 canary_secret: bytes | None = None,
+                 document_detector: InjectionDetector | None = None) -> None:
         self.base = policy
         self.model_overrides = model_overrides
         self.tenant_overrides = tenant_overrides
-        self.detector = detector
+        self.detector = detector  # messages
+        self.document_detector = document_detector  # chunks of documents, scored at ingestion
         self.pii = pii  # entities -> a scanner (built once per set: Presidio is slow to set up)
         self.events = events
         self.stats = stats

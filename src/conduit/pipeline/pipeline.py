@@ -183,10 +183,11 @@ class Pipeline:
         return deltas
 
     def _document_policy(self, policy: GuardPolicy | None) -> tuple[DocumentGuard | None, float]:
-        if policy is None or self.guards is None or self.guards.detector is None:
+        detector = self.guards.document_detector if self.guards is not None else None
+        if policy is None or detector is None:
             return None, 1.0
         threshold = policy.documents.threshold
-        return policy.documents, threshold if threshold is not None else self.guards.detector.threshold
+        return policy.documents, threshold if threshold is not None else detector.threshold
 
     async def _lookup(self, key: str | None, namespace: str, question: str | None) -> tuple[str, CachedAnswer] | None:
         if key is not None and self.answers is not None:

