@@ -48,9 +48,9 @@ def _collections(settings):  # noqa: ANN001, ANN202 - Settings -> (Collections, 
     db = Database(settings.resolved_database_url)
     db.migrate()
     store = CollectionStore(db, settings.data_dir / "files")
-    from conduit.safety.injection import InjectionDetector
+    from conduit.safety.injection import DOCUMENTS_ARTIFACT, InjectionDetector
 
-    scorer = InjectionDetector.load().score  # indirect prompt injection: flagged at ingestion
+    scorer = InjectionDetector.load(DOCUMENTS_ARTIFACT).score  # indirect prompt injection, at ingestion
     return (Collections(store, make_embedder(settings.embeddings), settings.data_dir / "indexes",
                         injection_scorer=scorer), KeyStore(db))
 
@@ -142,6 +142,31 @@ def _summary(collection: str, store_id: str, tally: _Tally, seconds: float) -> N
         console.print(table)
         if len(tally.skipped) > 50:
             console.print(f"... and {len(tally.skipped) - 50} more")
+
+
+@index_app.command("rescan")
+def rescan(
+    collection: Annotated[str | None, typer.Option(help="Only this collection (default: all).")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Score every chunk again, not only those "
+                                                           "stored without a score.")] = False,
+) -> None:
+    """Score stored chunks for prompt injection with the document detector: chunks stored before
+    it existed (migration 0009 cleared their scores), or with --all every chunk (after retraining)."""
+    from rich.progress import track
+
+    from conduit.cli import _settings
+
+    collections, _ = _collections(_settings())
+    scorer = collections.injection_scorer
+    assert scorer is not None
+    for store_id, name in collections.store.all_stores():
+        if collection is not None and name != collection:
+            continue
+        chunks = collections.store.chunk_texts(store_id, unscored_only=not everything)
+        scores = {chunk_id: scorer(text) for chunk_id, text in
+                  track(chunks, description=f"{name or store_id}", console=console, transient=True)}
+        collections.store.set_injection_scores(scores)
+        console.print(f"{name or store_id}: {len(scores)} chunks scored")
 
 
 @index_app.command("rebuild")

@@ -244,6 +244,19 @@ class CollectionStore:
                                    .where(ChunkRow.file_id == file_id))
             return {h + t: np.frombuffer(e, dtype=np.float32) for h, t, e in rows}
 
+    def chunk_texts(self, store_id: str, unscored_only: bool = False) -> list[tuple[int, str]]:
+        """(id, text) of the store's chunks; with `unscored_only`, of those without an injection score."""
+        query = select(ChunkRow.id, ChunkRow.text).where(ChunkRow.vector_store_id == store_id)
+        if unscored_only:
+            query = query.where(ChunkRow.injection_score.is_(None))
+        with self.db.session() as session:
+            return [(i, t) for i, t in session.execute(query.order_by(ChunkRow.id))]
+
+    def set_injection_scores(self, scores: dict[int, float]) -> None:
+        with self.db.session() as session:  # one transaction
+            for chunk_id, score in scores.items():
+                session.execute(update(ChunkRow).where(ChunkRow.id == chunk_id).values(injection_score=score))
+
     def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         with self.db.session() as session:
             rows = session.scalars(select(ChunkRow).where(ChunkRow.id.in_(list(ids))))

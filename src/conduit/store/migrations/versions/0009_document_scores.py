@@ -1,7 +1,7 @@
 """Chunks' injection scores came from the message detector; documents now have a detector of
 their own, with its own threshold, and the old scores would flag half of ordinary documentation.
-They are cleared: a chunk without a score is never flagged; a file added to a vector store again
-is scored by the document detector.
+They are cleared: a chunk without a score is never flagged; `conduit index rescan` scores them
+with the document detector.
 
 Revision ID: 0009
 Revises: 0008
