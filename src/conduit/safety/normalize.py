@@ -229,23 +229,31 @@ def _unescape(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _english_hits(text: str) -> int:
-    return sum(1 for w in _WORD.findall(text.lower()) if w in _ROT13_HINTS)
+# The hint words as they read in a rot13 text and in a text written backwards: the words of a text's
+# rot13 reading are the rot13 of its words, and read backwards each word is reversed, so one scan
+# of the text counts the hints of all three readings.
+_ROT13_OF_HINTS = frozenset(codecs.encode(word, "rot13") for word in _ROT13_HINTS)
+_BACKWARDS_HINTS = frozenset(word[::-1] for word in _ROT13_HINTS)
 
 
-def _rot13_view(text: str) -> str | None:
+def _hint_counts(text: str) -> tuple[int, int, int]:
+    """English hint words in the text, in its rot13 reading and in it read backwards."""
+    words = _WORD.findall(text.lower())
+    return (sum(1 for w in words if w in _ROT13_HINTS), sum(1 for w in words if w in _ROT13_OF_HINTS),
+            sum(1 for w in words if w in _BACKWARDS_HINTS))
+
+
+def _rot13_view(text: str, hints: tuple[int, int, int]) -> str | None:
     """The rot13 reading of the text, when it reads as more English than the text itself."""
-    rotated = codecs.encode(text, "rot13")
-    hits = _english_hits(rotated)
-    return rotated if hits >= 2 and hits > _english_hits(text) else None
+    plain, rotated, _ = hints
+    return codecs.encode(text, "rot13") if rotated >= 2 and rotated > plain else None
 
 
-def _reversed_view(text: str) -> str | None:
+def _reversed_view(text: str, hints: tuple[int, int, int]) -> str | None:
     """The text read backwards ("snoitcurtsni suoiverp lla erongI"), when that reads as more
     English than the text itself."""
-    backwards = text[::-1]
-    hits = _english_hits(backwards)
-    return backwards if hits >= 2 and hits > _english_hits(text) else None
+    plain, _, backwards = hints
+    return text[::-1] if backwards >= 2 and backwards > plain else None
 
 
 def _respaced_view(text: str) -> str | None:
@@ -337,9 +345,9 @@ def labelled_views(text: str) -> list[tuple[str, str]]:
     if flipped and flipped != base:
         views.append(("bidi", flipped))
     leet = None
-    for name, make in (("rot13", _rot13_view), ("reversed", _reversed_view),
-                       ("spaced", _respaced_view), ("leet", _leet_view)):
-        extra = make(decoded)
+    hints = _hint_counts(decoded)
+    for name, extra in (("rot13", _rot13_view(decoded, hints)), ("reversed", _reversed_view(decoded, hints)),
+                        ("spaced", _respaced_view(decoded)), ("leet", _leet_view(decoded))):
         if extra and extra != decoded:
             views.append((name, extra))
             leet = extra if name == "leet" else leet
