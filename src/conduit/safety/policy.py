@@ -42,7 +42,7 @@ class DocumentGuard(_Strict):
     action: Literal["drop", "warn", "allow"] = Field(
         "drop", description="Retrieved chunks flagged as injections at ingestion: leave them out of the "
         "prompt, or keep them and say so in the response's `retrieval.warnings`.")
-    threshold: float | None = Field(None, ge=0, le=1, description="Default: the detector's operating point.")
+    threshold: float | None = Field(None, ge=0, le=1, description="Default: the document detector's operating point.")
 
 
 class SystemPromptGuard(_Strict):
