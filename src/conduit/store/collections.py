@@ -253,9 +253,9 @@ class CollectionStore:
             return [(i, t) for i, t in session.execute(query.order_by(ChunkRow.id))]
 
     def set_injection_scores(self, scores: dict[int, float]) -> None:
-        with self.db.session() as session:  # one transaction
-            for chunk_id, score in scores.items():
-                session.execute(update(ChunkRow).where(ChunkRow.id == chunk_id).values(injection_score=score))
+        if scores:  # one UPDATE by primary key, executed for every row, in one transaction
+            with self.db.session() as session:
+                session.execute(update(ChunkRow), [{"id": i, "injection_score": s} for i, s in scores.items()])
 
     def chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         with self.db.session() as session:
