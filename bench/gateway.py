@@ -249,7 +249,7 @@ def start_conduit(procs: Processes, workdir: Path, upstream: Target, workers: in
     key = created.stdout.strip().splitlines()[-1]
     argv = [*command, "serve"]
     notes = ["tenant key (auth looks it up)", "exact cache on, every lookup misses", "request log on (SQLite)",
-             "log level info (access log to a file)"]
+             "log level info, access log off (the defaults)"]
     if source is not None:
         notes.append(f"source: {source}")
     if workers > 1:

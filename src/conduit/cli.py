@@ -64,6 +64,7 @@ def serve(
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level,
+        access_log=settings.server.access_log,
         timeout_graceful_shutdown=int(settings.server.drain_timeout_s),
     )
 

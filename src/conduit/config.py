@@ -28,6 +28,9 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     drain_timeout_s: float = Field(30.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(False, description="A line per HTTP request on stderr (uvicorn's access log). "
+                             "Off: the request log already records every request, and the line costs "
+                             "~0.1 ms of the event loop's time per request.")
 
 
 class Prices(BaseModel):
