@@ -180,7 +180,7 @@ def create_app(settings: Settings) -> FastAPI:
 def _guards(settings: Settings, admin_key: str, events: EventSink) -> Guards:
     """The guard stage, with the PII recognizers built now for every policy that uses them
     (Presidio takes a while to set up: not on a request's time)."""
-    from conduit.safety.injection import DOCUMENTS_ARTIFACT, InjectionDetector
+    from conduit.safety.injection import DOCUMENTS_ARTIFACT, MEMO_ENTRIES, InjectionDetector
 
     @functools.cache
     def pii(entities: tuple[str, ...]):  # -> PiiScanner, imported only when used
@@ -193,8 +193,12 @@ def _guards(settings: Settings, admin_key: str, events: EventSink) -> Guards:
         if policy.pii.mode != "allow" or policy.pii.output != "allow":
             pii(tuple(policy.pii.entities))
     canary_secret = hashlib.sha256(b"conduit-canary:" + admin_key.encode()).digest()
+    # Input guards run before the cache lookup: a cached request's message should find its
+    # verdict remembered too, or every exact-cache hit pays for scoring it again.
+    exact = settings.cache.exact
+    memo_entries = max(MEMO_ENTRIES, exact.max_entries if exact.enabled else 0)
     return Guards(settings.guards, {m.name: m.guards for m in settings.models},
-                  {t.name: t.guards for t in settings.tenants}, InjectionDetector.load(),
+                  {t.name: t.guards for t in settings.tenants}, InjectionDetector.load(memo_entries=memo_entries),
                   lambda entities: pii(tuple(entities)), events, GuardStats(), canary_secret,
                   InjectionDetector.load(DOCUMENTS_ARTIFACT))
 

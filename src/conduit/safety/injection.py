@@ -4,11 +4,13 @@ view wins). Plain numpy at inference; trained by `conduit.safety.train_injection
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import math
 import re
+import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,7 @@ from conduit.safety.normalize import DECODED_KINDS, labelled_views
 
 ARTIFACT = Path(__file__).with_name("data") / "injection_model.npz"  # messages
 DOCUMENTS_ARTIFACT = ARTIFACT.with_name("injection_documents.npz")  # chunks of retrieved documents
-MEMO_ENTRIES = 4096  # recent verdicts remembered, each of a text of at most MEMO_MAX_CHARS
-MEMO_MAX_CHARS = 4000
+MEMO_ENTRIES = 4096  # recent verdicts remembered (at least; the server sizes it to its exact cache)
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads the polynomial hash over bits
 _PRIME = np.uint64(1_000_003)
@@ -254,20 +255,22 @@ class InjectionDetector:
     share between threads: the only state that changes is a thread-safe memo of recent scores."""
 
     def __init__(self, weights: np.ndarray, bias: float, spec: FeatureSpec, threshold: float,
-                 window: int) -> None:
+                 window: int, memo_entries: int = MEMO_ENTRIES) -> None:
         self.weights = weights
         self.bias = bias
         self.spec = spec
         self.threshold = threshold
         self.window = window
-        # The same messages come back (retries, cache hits, canned prompts); scoring is
-        # deterministic, so their verdicts are remembered. Long texts are not: they would make
-        # the memo's memory unbounded and are rarely sent twice.
-        self._memo = functools.lru_cache(maxsize=MEMO_ENTRIES)(self._evaluate)
+        # The same messages come back (retries, exact-cache hits, canned prompts); scoring is
+        # deterministic, so verdicts are remembered, least recently used first out. Keyed by a
+        # digest, an entry costs ~250 bytes whatever the text's length.
+        self.memo_entries = memo_entries
+        self._memo: OrderedDict[bytes, tuple[float, str, frozenset[str]]] = OrderedDict()
+        self._memo_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | Path | None = None,
-             threshold: float | None = None) -> InjectionDetector:
+    def load(cls, path: str | Path | None = None, threshold: float | None = None,
+             memo_entries: int = MEMO_ENTRIES) -> InjectionDetector:
         with np.load(path or ARTIFACT, allow_pickle=False) as artifact:
             meta = json.loads(bytes(artifact["meta"]).decode())
             weights = artifact["weights"].astype(np.float32)
@@ -279,7 +282,7 @@ class InjectionDetector:
             raise ValueError(f"artifact has {len(weights)} weights, spec wants {spec.dimension}")
         guess_language("")  # loads the gloss tables now rather than on a first request
         chosen = meta["threshold"] if threshold is None else threshold
-        return cls(weights, bias, spec, float(chosen), int(meta["window"]))
+        return cls(weights, bias, spec, float(chosen), int(meta["window"]), memo_entries)
 
     def _logit(self, prepared: str) -> tuple[float, tuple[str, ...]]:
         index, values, fired = self.spec.encode(prepared)
@@ -305,7 +308,23 @@ class InjectionDetector:
         return 0.5 * (1.0 + math.tanh(best / 2)), best_view, frozenset(fired_all)  # sigmoid, no overflow
 
     def _evaluated(self, text: str) -> tuple[float, str, frozenset[str]]:
-        return self._memo(text) if len(text) <= MEMO_MAX_CHARS else self._evaluate(text)
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        with self._memo_lock:
+            verdict = self._memo.get(key)
+            if verdict is not None:
+                self._memo.move_to_end(key)
+                return verdict
+        verdict = self._evaluate(text)
+        with self._memo_lock:
+            self._memo[key] = verdict
+            if len(self._memo) > self.memo_entries:
+                self._memo.popitem(last=False)
+        return verdict
+
+    def forget(self) -> None:
+        """Drop remembered verdicts (after the weights or the features change)."""
+        with self._memo_lock:
+            self._memo.clear()
 
     def score(self, text: str) -> float:
         return self._evaluated(text)[0]

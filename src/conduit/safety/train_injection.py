@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                     candidate, np.concatenate([django.row_weights, final.row_weights]))
     detector.weights = (detector.weights * a).astype(np.float16).astype(np.float32)
     detector.bias = float(np.float32(detector.bias * a + b))
-    detector._memo.cache_clear()  # scores remembered before the weights changed are stale
+    detector.forget()  # scores remembered before the weights changed are stale
     detector.threshold = threshold
     at_threshold = rates(scores[on_validation], validation.labels, threshold)
     chat_fpr = float(np.mean(scores[~on_validation] >= threshold))
