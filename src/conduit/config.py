@@ -29,8 +29,8 @@ class ServerSettings(BaseModel):
     drain_timeout_s: float = Field(30.0, ge=0, description="How long SIGTERM waits for in-flight requests.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(False, description="A line per HTTP request on stderr (uvicorn's access log). "
-                             "Off: the request log already records every request, and the line costs "
-                             "~0.1 ms of the event loop's time per request.")
+                             "Off: the request log already records every request, and writing the line took "
+                             "~7% of the event loop's time on an exact-cache hit.")
 
 
 class Prices(BaseModel):
