@@ -32,3 +32,12 @@ def test_engine_metrics_follow_traffic(server: ServerProcess, client: OpenAI) ->
     assert cached >= 16 and computed + cached == 2 * reply.usage.prompt_tokens
     assert after["conduit:time_to_first_token_seconds_count"] == before["conduit:time_to_first_token_seconds_count"] + 2
     assert after["conduit:e2e_request_latency_seconds_count"] >= before["conduit:e2e_request_latency_seconds_count"] + 2
+
+
+def test_loaded_heap_is_exempt_from_garbage_collection(server: ServerProcess) -> None:
+    """What the server loaded at start (models, tokenizers, recognizers) is frozen: full
+    collections no longer walk it, so they stay short and rare."""
+    response = httpx.get(f"{server.url}/metrics")
+    samples = {s.name: s.value for family in text_string_to_metric_families(response.text) for s in family.samples}
+    assert samples["conduit:heap_frozen_objects"] > 50_000
+    assert "python_gc_collections_total" in samples

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
+from conduit.api.heap import freeze_after, freeze_long_lived
 from conduit.api.routes import (
     admin,
     embeddings,
@@ -53,6 +54,7 @@ from conduit.observability.recorder import Recorder
 from conduit.observability.request_log import RequestLogWriter
 from conduit.observability.request_metrics import (
     CallbackCounter,
+    CallbackGauge,
     DeploymentCollector,
     RequestMetrics,
 )
@@ -112,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         if semantic is not None:  # free the answers that read a collection as soon as it changes
             collections.listeners.append(semantic.invalidate_collection)
         obs = settings.observability
+        loads: list[asyncio.Task] = []  # background loads; the heap is frozen again when they end
         drift = _drift_monitor(settings, events)
         app.state.drift = drift
         app.state.pipeline = Pipeline(registry, router, settings.cache, answers, semantic,
@@ -120,7 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
         budgets = Budgets(limit_store, db, settings.tenants, settings.gateway.budget_webhook_url, events)
         app.state.gatekeeper = Gatekeeper(Limiter(limit_store, settings.tenants), budgets)
         writer = RequestLogWriter(db, settings.request_log.batch_size, settings.request_log.flush_interval_s,
-                                  redact=_trace_redactor(obs), max_pending_traces=obs.max_pending_traces,
+                                  redact=_trace_redactor(obs, loads), max_pending_traces=obs.max_pending_traces,
                                   trace_retention_days=obs.trace_retention_days)
         metrics_registry = CollectorRegistry(auto_describe=False)
 
@@ -137,6 +140,10 @@ def create_app(settings: Settings) -> FastAPI:
         metrics_registry.register(DeploymentCollector(lambda: list(registry.groups.values())))
         metrics_registry.register(CallbackCounter("conduit:traces_dropped", "Traces not kept: the writer was "
                                                   "behind by max_pending_traces.", lambda: writer.traces_dropped))
+        metrics_registry.register(CallbackGauge("conduit:heap_frozen_objects", "Objects exempt from garbage "
+                                                "collection (loaded at start, see conduit.api.heap).",
+                                                gc.get_freeze_count))
+        GCCollector(registry=metrics_registry)  # python_gc_collections_total{generation} and friends
         app.state.metrics_registry = metrics_registry
         exporter = SpanExporter(obs) if obs.otlp_endpoint else None
         app.state.recorder = Recorder(writer, request_metrics, obs, exporter)
@@ -151,9 +158,14 @@ def create_app(settings: Settings) -> FastAPI:
         sampler.start()
         # The classifier's embedding model takes seconds to load: not a reason to delay serving.
         training = asyncio.create_task(router.start()) if router is not None else None
+        freeze_long_lived()
+        loads += [t for t in (registry.loading, training) if t is not None]
+        settling = asyncio.create_task(freeze_after(*loads))
         try:
             yield
         finally:
+            settling.cancel()
+            gc.unfreeze()  # what this app leaves behind can be collected (tests run many apps in one process)
             if training is not None:
                 training.cancel()
             await sampler.close()
@@ -169,7 +181,10 @@ def create_app(settings: Settings) -> FastAPI:
             db.close()
             log.info("stopped; request log flushed")
 
-    app = FastAPI(title="Conduit", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hook is off: Conduit exports its spans itself (observability.otlp),
+    # and the hook's per-request check of the global providers read the environment on every request.
+    app = FastAPI(title="Conduit", version="0.1.0", lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.server.max_body_bytes)
     for module in (models, generation, admin, observe, usage, metrics, embeddings, vector_stores, ui):
@@ -228,15 +243,15 @@ def _semantic_cache(settings: Settings, embedder: Embedder) -> SemanticCache | N
     return SemanticCache(embedder, max_entries=semantic.max_entries, ttl_s=semantic.ttl_s, **options)
 
 
-def _trace_redactor(obs: ObservabilitySettings):
+def _trace_redactor(obs: ObservabilitySettings, loads: list[asyncio.Task]):
     """Personal data out of stored traces, with the PII guard's recognizers. Presidio takes seconds
-    to load: it is loaded now in a thread of its own, and the writer waits for it only if a trace
-    comes first."""
+    to load: it is loaded now in a worker thread (a task added to `loads`), and the writer waits
+    for it only if a trace comes first."""
     if not obs.traces or not obs.redact_traces:
         return None
     from conduit.safety.pii import default_scanner
 
-    threading.Thread(target=default_scanner, name="pii-warmup", daemon=True).start()
+    loads.append(asyncio.create_task(asyncio.to_thread(default_scanner)))
     return redactor(lambda text: default_scanner().redact(text)[0])
 
 

@@ -131,8 +131,16 @@ class DeploymentCollector(Collector):
 class CallbackCounter(Collector):
     """A counter whose value lives elsewhere (read at scrape time)."""
 
+    family = CounterMetricFamily
+
     def __init__(self, name: str, doc: str, value: Callable[[], float]) -> None:
         self.name, self.doc, self.value = name, doc, value
 
     def collect(self):
-        yield CounterMetricFamily(self.name, self.doc, value=self.value())
+        yield self.family(self.name, self.doc, value=self.value())
+
+
+class CallbackGauge(CallbackCounter):
+    """A gauge whose value lives elsewhere (read at scrape time)."""
+
+    family = GaugeMetricFamily

@@ -118,6 +118,7 @@ class Registry:
         self.groups: dict[str, ModelGroup] = {m.name: self._group(m) for m in settings.models}
         self._allowed = {t.name: set(t.models) for t in settings.tenants if t.models is not None}
         self._tasks: list[asyncio.Task] = []
+        self.loading: asyncio.Task | None = None  # set by start(); done when every deployment has loaded or failed
 
     def _group(self, model: ModelSettings) -> ModelGroup:
         handles = []
@@ -167,7 +168,8 @@ class Registry:
 
     async def start(self) -> None:
         """Load embedded models in the background and start active health checks."""
-        self._tasks.append(asyncio.create_task(self._load_all()))
+        self.loading = asyncio.create_task(self._load_all())
+        self._tasks.append(self.loading)
         for group in self.groups.values():
             interval = group.settings.health.check_interval_s
             if interval > 0:
