@@ -61,21 +61,29 @@ class EventStream(Response):
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`; if the client disconnects first, cancel it and raise ClientDisconnected."""
-    task = asyncio.ensure_future(work)
-    watching = asyncio.create_task(_wait_for_disconnect(request.receive))
+    """Await `work`; if the client disconnects first, cancel it and raise ClientDisconnected.
+    The work runs in the calling task, and a watcher cancels that task if the client leaves:
+    one task per request instead of two and an asyncio.wait (the path of every answer)."""
+    current = asyncio.current_task()
+    assert current is not None
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _wait_for_disconnect(request.receive)
+        left = True
+        current.cancel()
+
+    watching = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watching}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # we were cancelled ourselves (shutdown): take the work down with us
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        # Ours (the client left) unless someone else cancelled this task too (shutdown).
+        if left and current.uncancel() == 0:
+            raise ClientDisconnected from None
         raise
     finally:
         watching.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected
-    return task.result()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
