@@ -124,21 +124,22 @@ class Dispatcher:
         with handle.track():
             generation = handle.backend.generate(request)
             try:
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise _DeadlineExceeded()
+                if stream:
+                    while True:
+                        try:
+                            async with _timer(deadline):  # no task per delta, unlike wait_for
+                                delta = await anext(generation)
+                        except StopAsyncIteration:
+                            break
+                        except TimeoutError:
+                            raise _DeadlineExceeded() from None
+                        yield delta
+                else:  # nothing leaves before the end: one timer for the whole answer
                     try:
-                        async with asyncio.timeout(remaining):  # no task per delta, unlike wait_for
-                            delta = await anext(generation)
-                    except StopAsyncIteration:
-                        break
+                        async with _timer(deadline):
+                            held = [delta async for delta in generation]
                     except TimeoutError:
                         raise _DeadlineExceeded() from None
-                    if stream:
-                        yield delta
-                    else:
-                        held.append(delta)
                 handle.breaker.on_success()
                 handle.observe_latency(time.monotonic() - started)
                 verdict = True
@@ -155,6 +156,14 @@ class Dispatcher:
                 await generation.aclose()
         for delta in held:
             yield delta
+
+
+def _timer(deadline: float) -> asyncio.Timeout:
+    """A timeout scope ending at `deadline` (time.monotonic()); _DeadlineExceeded if it has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _DeadlineExceeded()
+    return asyncio.timeout(remaining)
 
 
 class _DeadlineExceeded(APIError):
