@@ -91,8 +91,9 @@ class MemoryLimitStore:
             levels.append(level)
         for group in slots:
             held = self._leases.setdefault(group.key, {})
-            for expired in [name for name, until in held.items() if until <= now]:
-                del held[expired]
+            if len(held) >= group.limit:  # expired leases (a lost release) are only looked for when full
+                for expired in [name for name, until in held.items() if until <= now]:
+                    del held[expired]
             if len(held) >= group.limit:
                 return Verdict(False, blocked_by=group.key, retry_after_s=1.0)
         for bucket, level in zip(buckets, levels):

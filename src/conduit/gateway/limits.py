@@ -31,11 +31,14 @@ class _Scope:
     limits: Limits
 
 
+_NO_LIMITS = Limits()
+
+
 @dataclass
 class Grant:
     """What a request holds while it runs: give it back with `Limiter.finish`."""
 
-    lease: str
+    lease: str = ""  # names the request's concurrency slots; only drawn when it takes some
     slots: list[str] = field(default_factory=list)
     token_buckets: list[str] = field(default_factory=list)
     charged_tokens: int = 0
@@ -61,8 +64,8 @@ class Limiter:
     async def admit(self, principal: Principal, model: str, count_prompt: Callable[[], int]) -> Grant:
         """Take a request's share of every limit that applies to it, or raise 429.
         `count_prompt` tokenizes the prompt; it runs only if a token limit applies."""
-        grant = Grant(lease=secrets.token_hex(8))
-        scopes = [s for s in self._scopes(principal, model) if s.limits != Limits()]
+        grant = Grant()
+        scopes = [s for s in self._scopes(principal, model) if s.limits != _NO_LIMITS]
         if principal.is_admin or not scopes:
             return grant
         prompt_tokens = count_prompt() if any(s.limits.tpm for s in scopes) else 0
@@ -77,6 +80,8 @@ class Limiter:
                 tokens.append(Bucket(f"rl:{scope.name}:tokens", scope.limits.tpm, prompt_tokens))
             if scope.limits.max_concurrent:
                 slots.append(Slots(f"rl:{scope.name}:concurrent", scope.limits.max_concurrent))
+        if slots:
+            grant.lease = secrets.token_hex(8)
         verdict = await self.store.acquire(requests + tokens, slots, grant.lease, LEASE_TTL_S)
         if not verdict.allowed:
             raise _over_limit(verdict.blocked_by or "", verdict.retry_after_s)
