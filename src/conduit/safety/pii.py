@@ -50,6 +50,16 @@ _NOT_A_PHONE = re.compile(
     r"|\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b"  # IPv4 addresses and netmasks
 )
 _PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)_(\d+)>")
+# What a text must contain for an entity's patterns to match at all: one C-speed search skips
+# a recognizer's dozen patterns (most prose has no digit and no @). Secrets have no such mark.
+_NEEDS: dict[str, re.Pattern[str]] = {
+    "EMAIL_ADDRESS": re.compile("@"),
+    "PHONE_NUMBER": re.compile(r"\d"),
+    "CREDIT_CARD": re.compile(r"\d"),
+    "IBAN_CODE": re.compile(r"\d"),  # the check digits
+    "US_SSN": re.compile(r"\d"),
+    "IP_ADDRESS": re.compile(r"[\d:]"),  # an IPv6 address can be all hex letters, never colon-free
+}
 
 _SECRET_KEY_NAMES = (
     r"password|passwd|pwd|passphrase|secret|client[_-]?secret|secret[_-]?key|"
@@ -125,6 +135,9 @@ class PiiScanner:
         """Non-overlapping spans sorted by start; on overlap the higher score, then longer wins."""
         candidates: list[PiiSpan] = []
         for entity, recognizer in zip(self.entities, self._recognizers, strict=True):
+            needs = _NEEDS.get(entity)
+            if needs is not None and not needs.search(text):
+                continue
             for result in recognizer.analyze(text, [entity], None):
                 score = _with_context(text, result.start, result.score, recognizer.context)
                 if score >= self.min_score:
