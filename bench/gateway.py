@@ -8,7 +8,8 @@
 
 A fast fake OpenAI-compatible upstream (bench/fast_upstream.py) runs in its own process. The same
 chat requests go (a) straight to it, (b) through `conduit serve` (an `openai` deployment pointing
-at it; a tenant key, so auth looks the key up; each request deterministic, temperature 0, and
+at it; a tenant key, so auth looks the key up, with request, token and concurrency limits far
+above the load, so every request takes its share of each; each request deterministic, temperature 0, and
 unique, a counter in the prompt, so the exact-cache lookup runs and misses; the request log on;
 the default log level) and (c) with --peer litellm, through LiteLLM's proxy for the same upstream.
 
@@ -223,6 +224,9 @@ def conduit_supports_workers(env: dict[str, str]) -> bool:
     return "--workers" in help_text
 
 
+BENCH_KEY_LIMITS = ["--rpm", "100000000", "--tpm", "10000000000", "--max-concurrent", "4096"]
+
+
 def start_conduit(procs: Processes, workdir: Path, upstream: Target, workers: int, source: str | None,
                   extra_config: str = "") -> Target:
     port = _free_port()
@@ -244,12 +248,17 @@ def start_conduit(procs: Processes, workdir: Path, upstream: Target, workers: in
     if source is not None:
         env["PYTHONPATH"] = source
     command = [sys.executable, "-m", "conduit.cli"]
-    created = subprocess.run([*command, "keys", "create", "--tenant", "bench"], env=env, cwd=home,
-                             capture_output=True, text=True, check=True)
+    # Limits far above what the benchmark sends: every request takes its share of each (a request
+    # bucket, a token bucket charged with the prompt's tokens, a concurrency slot) and none refuses.
+    created = subprocess.run([*command, "keys", "create", "--tenant", "bench", *BENCH_KEY_LIMITS], env=env,
+                             cwd=home, capture_output=True, text=True, check=True)
     key = created.stdout.strip().splitlines()[-1]
     argv = [*command, "serve"]
-    notes = ["tenant key (auth looks it up)", "exact cache on, every lookup misses", "request log on (SQLite)",
+    notes = ["tenant key (auth looks it up)", "key limits on: requests, tokens (prompt counted first), concurrency",
+             "exact cache on, every lookup misses", "request log on (SQLite)",
              "log level info, access log off (the defaults)"]
+    if extra_config:
+        notes.append(f"configuration added: {extra_config.strip()}")
     if source is not None:
         notes.append(f"source: {source}")
     if workers > 1:
@@ -609,6 +618,8 @@ def parse_args() -> argparse.Namespace:
                         help="Benchmark this commit's src/ (git archive) instead of the working tree.")
     parser.add_argument("--conduit-src", default=None,
                         help="PYTHONPATH for the Conduit server instead (e.g. a patched copy's src).")
+    parser.add_argument("--conduit-config", default="",
+                        help="YAML appended to Conduit's configuration, e.g. 'guards: {injection: {action: allow}}'.")
     parser.add_argument("--profile", action="store_true",
                         help="Last, saturate Conduit once more under py-spy (--gil); raw stacks next to the JSON.")
     parser.add_argument("--reinstall-litellm", action="store_true")
@@ -637,7 +648,11 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> None:
             {**os.environ, **({"PYTHONPATH": str(source)} if source else {})}),
     }
     upstream = start_upstream(procs, workdir, args.chunks)
-    targets = [upstream, start_conduit(procs, workdir, upstream, args.workers, source)]
+    extra = args.conduit_config.strip()
+    if extra:
+        meta["conduit_config"] = extra
+    targets = [upstream, start_conduit(procs, workdir, upstream, args.workers, source,
+                                       extra + "\n" if extra else "")]
     if args.peer == "litellm":
         targets.append(start_litellm(procs, workdir, upstream, args.reinstall_litellm))
         meta["litellm_version"] = litellm_version()
