@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import json
 from collections.abc import AsyncIterator, Iterator
 
@@ -13,8 +14,7 @@ import pytest
 from conduit.backends import Delta, TokenLogprob
 from conduit.cache import ExactCache, InflightGroup
 from conduit.cache.exact import CachedAnswer
-from tests.conftest import ServerProcess
-from tests.conftest import FakeUpstream, start_gateway, upstream
+from tests.conftest import FakeUpstream, ServerProcess, start_gateway, upstream
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -61,7 +61,7 @@ def test_streams_are_replayed_as_streams(gateway: ServerProcess) -> None:
     with client.chat.completions.with_streaming_response.create(**args) as response:
         assert response.headers["x-conduit-cache"] == "hit"
         second = list(response.parse())
-    text = lambda chunks: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)  # noqa: E731
+    text = lambda chunks: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text(second) == text(first) and len(second) == len(first)
 
 
@@ -156,13 +156,26 @@ def test_exact_cache_lru_and_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
         await cache.put("a", answer)
         await cache.put("b", answer)
-        assert await cache.get("a") is answer  # a is now the most recent
+        assert await cache.get("a") == answer  # a is now the most recent
         await cache.put("c", answer)
-        assert await cache.get("b") is None and await cache.get("a") is answer and await cache.get("c") is answer
+        assert await cache.get("b") is None and await cache.get("a") == answer and await cache.get("c") == answer
         now[0] += 10
         assert await cache.get("a") is None and len(cache) == 1
 
     asyncio.run(scenario())
+
+
+def test_cached_answers_are_stored_out_of_the_garbage_collectors_sight() -> None:
+    detail = TokenLogprob("Hi", -0.5, (72, 105), (("Hi", -0.5), ("Hey", -1.2)))
+    answer = CachedAnswer((Delta("Hi", 3, 1, None, (-0.5,), 0, (detail,), 2), Delta("", 3, 1, "stop")), "m",
+                          {"citations": []})
+    assert CachedAnswer.unpacked(answer.packed()) == answer
+    plain = CachedAnswer((Delta("Hello", 12, 1), Delta(" world.", 12, 7, "stop")), "m")
+    cache = ExactCache(max_entries=10, ttl_s=10)
+    asyncio.run(cache.put("k", plain))
+    gc.collect()  # a collection untracks tuples that hold only plain values
+    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
+    assert asyncio.run(cache.get("k")) == plain
 
 
 def test_cached_answer_survives_json() -> None:
