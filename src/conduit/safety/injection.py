@@ -265,7 +265,7 @@ class InjectionDetector:
         # deterministic, so verdicts are remembered, least recently used first out. Keyed by a
         # digest, an entry costs ~250 bytes whatever the text's length.
         self.memo_entries = memo_entries
-        self._memo: OrderedDict[bytes, tuple[float, str, frozenset[str]]] = OrderedDict()
+        self._memo: OrderedDict[bytes, tuple[float, str, tuple[str, ...]]] = OrderedDict()
         self._memo_lock = threading.Lock()
 
     @classmethod
@@ -297,7 +297,7 @@ class InjectionDetector:
         starts = range(0, len(prepared) - step, step)
         return [prepared] + [prepared[s : s + self.window] for s in starts]
 
-    def _evaluate(self, text: str) -> tuple[float, str, frozenset[str]]:
+    def _evaluate(self, text: str) -> tuple[float, str, tuple[str, ...]]:
         best, best_view, fired_all = -np.inf, "text", set()
         for view_name, view in model_views(text):
             for chunk in self._chunks(prepare(view)):
@@ -305,9 +305,11 @@ class InjectionDetector:
                 fired_all.update(fired)
                 if logit > best:
                     best, best_view = logit, view_name
-        return 0.5 * (1.0 + math.tanh(best / 2)), best_view, frozenset(fired_all)  # sigmoid, no overflow
+        # A tuple of strings, not a set: remembered verdicts are then no work for the garbage collector.
+        fired = tuple(name for name in RULES if name in fired_all)
+        return 0.5 * (1.0 + math.tanh(best / 2)), best_view, fired  # sigmoid, no overflow
 
-    def _evaluated(self, text: str) -> tuple[float, str, frozenset[str]]:
+    def _evaluated(self, text: str) -> tuple[float, str, tuple[str, ...]]:
         key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         with self._memo_lock:
             verdict = self._memo.get(key)
