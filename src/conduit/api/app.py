@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, GCCollector
 
 from conduit.api.errors import BodySizeLimit, install_error_handlers
-from conduit.api.heap import freeze_after, freeze_long_lived
+from conduit.api.heap import freeze_after, tune_collector
 from conduit.api.routes import (
     admin,
     embeddings,
@@ -158,7 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
         sampler.start()
         # The classifier's embedding model takes seconds to load: not a reason to delay serving.
         training = asyncio.create_task(router.start()) if router is not None else None
-        freeze_long_lived()
+        tune_collector()
         loads += [t for t in (registry.loading, training) if t is not None]
         settling = asyncio.create_task(freeze_after(*loads))
         try:

@@ -19,6 +19,19 @@ import time
 log = logging.getLogger("conduit.heap")
 
 
+# Collect the young generation every 10,000 net allocations instead of 700: nearly everything a
+# request allocates is freed by reference counting, so a young collection finds the same few
+# thousand live objects of the requests in flight however rarely it runs.
+YOUNG_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """At start: young collections less often, then freeze what is loaded."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    freeze_long_lived()
+
+
 def freeze_long_lived() -> None:
     """Collect what is garbage now, then exempt every surviving object from later collections."""
     started = time.perf_counter()
