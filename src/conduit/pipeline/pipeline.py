@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from conduit.backends import Delta, GenerateRequest
@@ -160,7 +160,8 @@ class Pipeline:
                 await self.answers.put(key, answer)
             if question is not None and self.semantic is not None:
                 read = frozenset(spec.vector_store_ids) if spec is not None else frozenset()
-                await self.semantic.store(namespace, question, answer, read)
+                # Packed, like the exact cache's entries: out of the garbage collector's walks.
+                await self.semantic.store(namespace, question, answer.packed(), read)
 
     def _produce(self, ctx: RequestContext, request: GenerateRequest, stream: bool,
                  policy: GuardPolicy | None) -> AsyncIterator[Delta]:
@@ -197,7 +198,7 @@ class Pipeline:
         if question is not None and self.semantic is not None:
             similar = await self.semantic.lookup(namespace, question)
             if similar is not None:
-                return "semantic-hit", similar.answer  # type: ignore[return-value]
+                return "semantic-hit", CachedAnswer.unpacked(similar.answer)  # type: ignore[arg-type]
         return None
 
     def _cacheable(self, request: GenerateRequest) -> bool:
