@@ -5,6 +5,7 @@
     python bench/gateway.py --profile         # ... then py-spy Conduit while it is saturated
     python bench/gateway.py --conduit-ref HEAD~1           # another commit's src/, to compare
     python bench/gateway.py --conduit-src /tmp/patched/src  # a patched copy (PYTHONPATH)
+    python bench/gateway.py --conduit-config 'guards: {injection: {action: allow}}'  # YAML added to Conduit's
 
 A fast fake OpenAI-compatible upstream (bench/fast_upstream.py) runs in its own process. The same
 chat requests go (a) straight to it, (b) through `conduit serve` (an `openai` deployment pointing
