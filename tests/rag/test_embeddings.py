@@ -1,12 +1,12 @@
-"""The bundled embedder: one text through the single-text path gives sentence-transformers' vector."""
+"""The bundled embedder: the packed encoder gives sentence-transformers' vectors, one text or a batch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from conduit.backends import bert_single
-from conduit.backends.bert_single import SingleTextBert
+from conduit.backends import bert_packed
+from conduit.backends.bert_packed import PackedBert
 from conduit.backends.embeddings import LocalEmbedder
 
 TEXTS = ["Hi", "How do I reset my password?", "ünïcödé — 東京 and an emoji 🎉",
@@ -21,19 +21,30 @@ def float32_model():
 
 
 @pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "plain-linear"])
-def test_single_text_path_matches_sentence_transformers(float32_model, packed: bool,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packed_encoder_matches_sentence_transformers(float32_model, packed: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     if not packed:  # what a torch without oneDNN's packed linear runs
-        monkeypatch.setattr(bert_single, "_packed", lambda weight: None)
-    single = SingleTextBert.from_sentence_transformer(float32_model)
-    assert single is not None
+        monkeypatch.setattr(bert_packed, "_packed", lambda weight: None)
+    encoder = PackedBert.from_sentence_transformer(float32_model)
+    assert encoder is not None
     if not packed:
-        assert all(layer.up.packed is None for layer in single.layers)
+        assert all(layer.up.packed is None for layer in encoder.layers)
     reference = float32_model.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True, batch_size=1)
-    ours = np.stack([single(text) for text in TEXTS])
-    assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
-    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    for ours in (np.concatenate([encoder.encode([text]) for text in TEXTS]), encoder.encode(TEXTS)):
+        assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
+        assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+        assert float(np.min(np.sum(ours * reference, axis=1))) > 0.99999
+
+
+def test_a_batch_larger_than_one_forward_keeps_its_order(float32_model) -> None:
+    encoder = PackedBert.from_sentence_transformer(float32_model)
+    rng = np.random.default_rng(7)
+    words = ["the", "model", "reads", "word", "pieces", "of", "every", "chunk", "and", "its", "section", "heading"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 120)))) for _ in range(2 * encoder.BATCH + 5)]
+    reference = float32_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    ours = encoder.encode(texts)
     assert float(np.min(np.sum(ours * reference, axis=1))) > 0.99999
+    assert encoder.encode([]).shape == (0, 384)
 
 
 def test_a_model_without_mean_pooling_gets_no_fast_path(float32_model) -> None:
@@ -42,7 +53,7 @@ def test_a_model_without_mean_pooling_gets_no_fast_path(float32_model) -> None:
 
     cls_pooled = SentenceTransformer(modules=[float32_model[0], Pooling(384, pooling_mode="cls"), float32_model[2]],
                                      device="cpu")
-    assert SingleTextBert.from_sentence_transformer(cls_pooled) is None
+    assert PackedBert.from_sentence_transformer(cls_pooled) is None
 
 
 def test_one_text_and_a_batch_agree() -> None:

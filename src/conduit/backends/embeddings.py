@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import torch
 
-from conduit.backends.bert_single import SingleTextBert
+from conduit.backends.bert_packed import PackedBert
 from conduit.config import EmbeddingSettings
 
 
@@ -25,7 +25,7 @@ class LocalEmbedder:
         self._model_path = model_path
         self._dtype = dtype
         self._model = None
-        self._single = None  # the one-text fast path (bert_single), where the model allows it
+        self._packed = None  # bert_packed's encoder, where the model allows it
         self._lock = threading.Lock()
 
     def _load(self):  # noqa: ANN202 - SentenceTransformer
@@ -41,14 +41,14 @@ class LocalEmbedder:
                 model = SentenceTransformer(path, device="cpu")
                 if _use_bfloat16(self._dtype):
                     model.to(torch.bfloat16)  # ~1.8x the throughput; cosine to float32 >= 0.998
-                self._single = SingleTextBert.from_sentence_transformer(model)
+                self._packed = PackedBert.from_sentence_transformer(model)
                 self._model = model
         return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:
         model = self._load()
-        if len(texts) == 1 and self._single is not None:
-            return self._single(texts[0])[None, :]  # a query: no batching machinery on its time
+        if self._packed is not None:
+            return self._packed.encode(texts)
         return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True,
                             show_progress_bar=False)
 
