@@ -99,7 +99,9 @@ def ingest(
                     tally.skipped.append((str(item.path), exc.reason.value, exc.message))
             rate = tally.chunks / max(time.perf_counter() - started, 1e-9)
             progress.update(task, advance=1, chunks=tally.chunks, rate=rate)
-    collections.save()
+    with console.status("indexing the new chunks..."):
+        collections.refresh(vector_store.id)
+        collections.save()
     _summary(collection, vector_store.id, tally, time.perf_counter() - started)
 
 
@@ -118,7 +120,9 @@ def _ingest_one(collections, store_id, tenant_id, item, chunking, max_bytes, tal
         file_id = known.file_id
         store.replace_bytes(file_id, data, hashlib.sha256(data).hexdigest())
     store.attach(store_id, file_id, None, source=source)
-    tally.chunks += collections.ingest_document(store_id, file_id, document, chunking)
+    # The server catches its own index up from the database; this process's copy is caught up
+    # and saved once at the end.
+    tally.chunks += collections.ingest_document(store_id, file_id, document, chunking, refresh=False)
     tally.ingested += 1
 
 

@@ -94,7 +94,10 @@ class Collections:
             raise IngestError(exc.reason.value, exc.message) from None
         return self.ingest_document(store_id, file_id, document, chunking)
 
-    def ingest_document(self, store_id: str, file_id: str, document: ParsedDocument, chunking: ChunkingOptions) -> int:
+    def ingest_document(self, store_id: str, file_id: str, document: ParsedDocument, chunking: ChunkingOptions,
+                        refresh: bool = True) -> int:
+        """Chunk, embed and commit a parsed document. `refresh=False` leaves the index to a later
+        `refresh`: a bulk ingest catches up once instead of diffing the whole store after each file."""
         chunks = self._chunker(chunking).chunk(document)
         if not chunks:
             self.store.fail(store_id, file_id, "no_text", "the file has no text to index")
@@ -104,7 +107,8 @@ class Collections:
         rows = [NewChunk(c.index, c.text, c.embedding_text[:len(c.embedding_text) - len(c.text)], c.token_count,
                          c.section_path, c.page, score) for c, score in zip(chunks, scores)]
         self.store.commit_chunks(store_id, file_id, document.content_hash, rows, vectors)
-        self.refresh(store_id)
+        if refresh:
+            self.refresh(store_id)
         return len(chunks)
 
     def _embed(self, file_id: str, texts: list[str]) -> np.ndarray:
