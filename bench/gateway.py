@@ -448,13 +448,15 @@ def saturate(target: Target, upstream: Target, wrk: str | None, workdir: Path, a
         spy = subprocess.Popen([find_py_spy() or "py-spy", "record", "--pid", str(target.pid), "--rate", "100",
                                 "--duration", f"{max(1, int(args.saturation_s) - 1)}", "--gil", "--threads",
                                 "--format", "raw", "--output", str(profile_to)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         with Meter(target, upstream) as meter:
             result = parse_wrk(wrk_run(args.saturation_s, "measured"))
     finally:
         if spy is not None:
-            spy.wait(60)
+            _, spy_errors = spy.communicate(timeout=60)
+            if spy.returncode != 0:  # say why, rather than a run without its profile
+                console.print(f"[yellow]py-spy failed ({spy.returncode}):[/yellow] {spy_errors.strip()[-500:]}")
     meter.annotate(result, result.get("requests", 0))
     result.update(tool=f"wrk -t{args.wrk_threads} -c{args.connections}", connections=args.connections)
     time.sleep(args.pause_s)  # let request-log batches and connection teardown settle
