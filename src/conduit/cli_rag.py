@@ -99,9 +99,10 @@ def ingest(
                     tally.skipped.append((str(item.path), exc.reason.value, exc.message))
             rate = tally.chunks / max(time.perf_counter() - started, 1e-9)
             progress.update(task, advance=1, chunks=tally.chunks, rate=rate)
-    with console.status("indexing the new chunks..."):
-        collections.refresh(vector_store.id)
-        collections.save()
+    if tally.ingested:  # nothing new: leave the saved index as it is, unread
+        with console.status("indexing the new chunks..."):
+            collections.refresh(vector_store.id)
+            collections.save()
     _summary(collection, vector_store.id, tally, time.perf_counter() - started)
 
 
