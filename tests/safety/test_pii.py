@@ -78,6 +78,10 @@ def found(scanner: PiiScanner, text: str) -> list[tuple[str, str]]:
         ('db = connect(user="app", password="Tr0ub4dor&3")', "SECRET", "Tr0ub4dor&3"),
         ("my password is hunter2hunter2 and it stopped working", "SECRET", "hunter2hunter2"),
         ('{"client_secret": "9f8e7d6c5b4a3210"}', "SECRET", "9f8e7d6c5b4a3210"),
+        # The edges of the cheap checks that skip a recognizer: case, the shortest shapes.
+        ("Traffic from fe80::1ff:fe23:4567:890a was dropped.", "IP_ADDRESS", "fe80::1ff:fe23:4567:890a"),
+        ("Amex 3782-822463-10005 on file.", "CREDIT_CARD", "3782-822463-10005"),
+        ("PASSWORD=Zx9vQ2mP7kL4", "SECRET", "Zx9vQ2mP7kL4"),
     ],
 )
 def test_each_entity_is_found_in_a_sentence(scanner, text, entity, value):
