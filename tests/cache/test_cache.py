@@ -182,3 +182,21 @@ def test_cached_answer_survives_json() -> None:
     detail = TokenLogprob("Hi", -0.5, (72, 105), (("Hi", -0.5), ("Hey", -1.2)))
     answer = CachedAnswer((Delta("Hi", 3, 1, None, (-0.5,), 0, (detail,), 2), Delta("", 3, 1, "stop")), "m")
     assert CachedAnswer.from_json(answer.to_json()) == answer
+
+
+def test_cache_keys_are_canonical_and_take_any_json() -> None:
+    from conduit.backends import GenerateRequest, Sampling
+    from conduit.cache.exact import cache_key
+
+    def request(schema: dict, **sampling) -> GenerateRequest:
+        return GenerateRequest("m", Sampling(temperature=0, **sampling), MESSAGES,
+                               response_format={"type": "json_schema", "json_schema": schema})
+
+    schema = {"name": "n", "schema": {"type": "integer", "maximum": 10}}
+    # The order of a client's keys does not matter; every value does.
+    assert cache_key("t", request(schema), False) == cache_key("t", request(dict(reversed(schema.items()))), False)
+    assert cache_key("t", request(schema), False) != cache_key("t", request(schema, stop=("\n",)), False)
+    # Integers past 64 bits (which orjson refuses) still make a key, and a distinct one.
+    huge = {"name": "n", "schema": {"type": "integer", "maximum": 2**70}}
+    assert cache_key("t", request(huge), False) != cache_key("t", request({**huge, "schema": {"maximum": 2**70 + 1}}),
+                                                             False)

@@ -1,26 +1,33 @@
-"""Server-sent events, and noticing clients that go away.
+"""Answer bodies on the hot path: server-sent events and JSON (both serialized with orjson, several
+times faster than json), and noticing clients that go away.
 
-Both helpers stop the work for a request as soon as its client disconnects, instead of
+The streaming helpers stop the work for a request as soon as its client disconnects, instead of
 waiting for the next failed write: the generation is cancelled mid-flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
+
+from conduit import fastjson
 
 T = TypeVar("T")
 
 
 def sse(data: dict[str, Any] | str) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    payload = data if isinstance(data, str) else fastjson.dumps(data).decode()
     return f"data: {payload}\n\n"
+
+
+class FastJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return fastjson.dumps(content)
 
 
 class ClientDisconnected(Exception):

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from conduit import fastjson
 from conduit.backends.base import Delta, GenerateRequest, TokenLogprob
 from conduit.config import Deployment
 from conduit.errors import APIError
@@ -67,6 +68,7 @@ class OpenAICompatBackend:
         self._sessions = sessions
         key = os.environ.get(deployment.api_key_env, "") if deployment.api_key_env else ""
         self._headers = {**deployment.headers, **({"Authorization": f"Bearer {key}"} if key else {})}
+        self._json_headers = {**self._headers, "Content-Type": "application/json"}
 
     @property
     def ready(self) -> bool:
@@ -135,7 +137,8 @@ class OpenAICompatBackend:
         timeout = aiohttp.ClientTimeout(sock_connect=timeouts.connect_s, connect=timeouts.connect_s * 2)
         try:
             async with asyncio.timeout(timeouts.first_token_s + timeouts.connect_s):
-                response = await self._sessions.get().post(self.base_url + path, json=body, headers=self._headers,
+                response = await self._sessions.get().post(self.base_url + path, data=fastjson.dumps(body),
+                                                           headers=self._json_headers,
                                                            timeout=timeout)
             async with response:
                 await _raise_for_status(response)
@@ -241,7 +244,7 @@ async def _deltas(events: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta
                 pass
             break
         try:
-            chunk = json.loads(data)
+            chunk = fastjson.loads(data)
         except ValueError:
             raise UpstreamError(502, "The upstream sent malformed JSON in its stream.", True,
                                 "upstream_bad_response") from None

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+from conduit import fastjson
 from conduit.backends import Delta, GenerateRequest, TokenLogprob
 
 _DELTA_FIELDS = tuple(field.name for field in fields(Delta))
@@ -38,8 +39,7 @@ def cache_key(tenant_id: str | None, request: GenerateRequest, stream: bool, sco
         "response_format": request.response_format,
         "stream": stream,
     }
-    blob = json.dumps(normalised, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(fastjson.dumps(normalised, sort_keys=True)).hexdigest()
 
 
 @dataclass(frozen=True)

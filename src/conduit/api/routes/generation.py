@@ -10,13 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.background import BackgroundTask
 
 from conduit.api.deps import authenticated, parse_body, request_context
 from conduit.api.errors import CLIENT_CLOSED, record_failure
 from conduit.api.schemas import ChatCompletionRequest, CompletionRequest
-from conduit.api.sse import ClientDisconnected, EventStream, cancel_on_disconnect, sse
+from conduit.api.sse import (
+    ClientDisconnected,
+    EventStream,
+    FastJSONResponse,
+    cancel_on_disconnect,
+    sse,
+)
 from conduit.backends import Delta, GenerateRequest, TokenLogprob
 from conduit.errors import APIError
 from conduit.gateway.admission import PRIORITIES
@@ -79,7 +85,7 @@ async def _respond(
                 # with this response for the GIL (~1 ms of a cache hit's latency, measured).
                 recorder.finish(ctx, "ok", 200)
 
-            return JSONResponse({**shape.completion(choices, shape.usage(ctx)), **extra},
+            return FastJSONResponse({**shape.completion(choices, shape.usage(ctx)), **extra},
                                 headers={**_route_headers(ctx), **admitted.headers},
                                 background=BackgroundTask(record))
         # Wait for the first token before answering, so that errors found on the way
