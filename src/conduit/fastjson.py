@@ -5,6 +5,7 @@ client may put in a tool call's arguments or a JSON schema)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -12,9 +13,12 @@ import orjson
 loads = orjson.loads  # raises orjson.JSONDecodeError, a ValueError
 
 
-def dumps(value: Any, sort_keys: bool = False) -> bytes:
-    """Compact UTF-8 JSON; `sort_keys` for a canonical form (cache keys)."""
+def dumps(value: Any, sort_keys: bool = False, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact UTF-8 JSON; `sort_keys` for a canonical form (cache keys); `default` turns what
+    JSON has no type for into something it has (as json.dumps's)."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0))
+        options = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+        return orjson.dumps(value, default=default, option=options)
     except TypeError:  # orjson.JSONEncodeError
-        return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
+                          default=default).encode()

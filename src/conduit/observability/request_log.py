@@ -8,18 +8,18 @@ Traces are redacted here, off the event loop; when the writer falls behind by mo
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert
 
+from conduit import fastjson
 from conduit.store.db import Database
 from conduit.store.tables import RequestLog, RequestTrace
 
@@ -124,11 +124,12 @@ class RequestLogWriter:
                 log.exception("trace of %s: redaction failed; trace not kept", entry.id)
                 continue
             traces.append({"id": entry.id, "tenant_id": entry.tenant_id, "created_at": entry.created_at,
-                           "body": json.dumps(body, default=str)})
+                           "body": fastjson.dumps(body, default=str).decode()})
         try:
             # A Core executemany: half the cost of ORM objects per row, less GIL held in bursts.
+            # The records' own __dict__s: they are flat, asdict's deep copy would be waste.
             with self._db.session() as session:
-                session.execute(insert(RequestLog), [asdict(entry) for entry, _ in batch])
+                session.execute(insert(RequestLog), [vars(entry) for entry, _ in batch])
                 if traces:
                     session.execute(insert(RequestTrace), traces)
         except Exception:  # a database outage must not kill the writer; rows are reported
