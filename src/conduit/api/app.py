@@ -187,7 +187,8 @@ def create_app(settings: Settings) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.server.max_body_bytes)
-    for module in (models, generation, admin, observe, usage, metrics, embeddings, vector_stores, ui):
+    # The proxied routes first: a request is matched against the routes in this order.
+    for module in (generation, models, embeddings, admin, observe, usage, metrics, vector_stores, ui):
         app.include_router(module.router)
     return app
 
