@@ -157,8 +157,9 @@ def test_equal_weights_spread_load(gateway: ServerProcess, model: str) -> None:
         if model == "spread-p2c":
             # p2c follows measured latency, which a loaded machine makes noisy: it must not
             # starve anyone (the decaying EWMA brings an unpicked deployment back), but evenness
-            # is not its job. A clean-clone CI-like run saw 122 / 87 / 31 of 240.
-            assert count >= 80 * 0.25, served
+            # is not its job. Clean-clone runs saw 122 / 87 / 31 of 240, and under a quarter of an
+            # even share once in 25 runs: the bound is a tenth, still far from starvation.
+            assert count >= 80 * 0.10, served
         else:
             assert abs(count - 80) <= 80 * 0.10, served
 
