@@ -218,6 +218,11 @@ class Limits(BaseModel):
     tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute.")
     max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once.")
 
+    @property
+    def limiting(self) -> bool:
+        """Whether any limit is set (read per request: cheaper than comparing with `Limits()`)."""
+        return bool(self.rpm or self.tpm or self.max_concurrent)
+
 
 class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -31,9 +31,6 @@ class _Scope:
     limits: Limits
 
 
-_NO_LIMITS = Limits()
-
-
 @dataclass
 class Grant:
     """What a request holds while it runs: give it back with `Limiter.finish`."""
@@ -65,7 +62,7 @@ class Limiter:
         """Take a request's share of every limit that applies to it, or raise 429.
         `count_prompt` tokenizes the prompt; it runs only if a token limit applies."""
         grant = Grant()
-        scopes = [s for s in self._scopes(principal, model) if s.limits != _NO_LIMITS]
+        scopes = [s for s in self._scopes(principal, model) if s.limits.limiting]
         if principal.is_admin or not scopes:
             return grant
         prompt_tokens = count_prompt() if any(s.limits.tpm for s in scopes) else 0
