@@ -53,7 +53,10 @@ class EngineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kv_cache_memory_gb: float = Field(1.0, gt=0, description="Memory for the paged KV cache.")
+    kv_cache_memory_gb: float = Field(1.0, gt=0, description="Memory for the paged KV cache (CPU).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="CUDA: the fraction of the "
+                                          "memory free after loading that the KV cache may take.")
+    cuda_graphs: bool = Field(True, description="CUDA: replay decode-only steps from CUDA graphs.")
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
     max_num_seqs: int = Field(32, ge=1, description="Sequences running at once, at most.")
     max_num_batched_tokens: int = Field(512, ge=16, description="Tokens per engine step (the chunked-prefill budget).")
@@ -72,6 +75,8 @@ class Deployment(BaseModel):
     source: str = Field("smollm2", description="embedded: 'smollm2' or 'gemma3-270m' (bundled) "
                         "or a GGUF path (llama or gemma3 architecture).")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="embedded: where the engine runs; "
+                                                   "'auto' = CUDA when torch sees a GPU (llama models).")
     max_model_len: int | None = Field(None, ge=16, description="embedded: cap on the context length.")
     load_format: Literal["gguf", "dummy"] = Field("gguf", description="embedded: 'dummy' = random weights (benchmarks).")
     engine: EngineOptions = EngineOptions()

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from conduit.engine import LLM, resolve_model_path
 
 os.environ.setdefault(
     "HF_HUB_OFFLINE", "1"
 )  # the reference reads the same local GGUF, never the hub
+
+# Without a GPU, the CUDA path's Triton kernel runs under Triton's interpreter (on CPU tensors).
+# Read when the kernel is defined, so before anything imports conduit.engine.triton_attention.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

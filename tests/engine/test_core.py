@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from conduit.engine.core import EngineConfig, EngineCore
 from conduit.engine.sampling import SamplingParams
@@ -195,3 +196,28 @@ def test_dummy_load_format_runs_the_engine():
     assert len(tokens[0]) == 5
     big = DummyModelFile("llama3-8b", vocab_size=49152).config  # shapes only: nothing allocated
     assert big.num_layers == DUMMY_PRESETS["llama3-8b"]["num_layers"] == 32
+    assert big.vocab_size == 128256  # Llama 3's, not the bundled tokenizer's 49,152
+
+
+def test_dummy_vocabulary_larger_than_the_tokenizer():
+    from conduit.engine.loader import load_model
+
+    shape = ('{"hidden_size": 64, "intermediate_size": 128, "num_layers": 1, "num_heads": 4, '
+             '"vocab_size": 60000}')
+    loaded = load_model(shape, dtype="float32", load_format="dummy", max_model_len=64)
+    assert loaded.model.config.vocab_size == loaded.tokenizer.vocab_size == 60000
+    tokens, _ = _run(loaded, [[59999, 50000, 7]], EngineConfig(num_blocks=8),
+                     params=SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+    assert len(tokens[0]) == 4
+
+
+def test_device_choice_is_validated():
+    from conduit.engine.loader import load_model, resolve_device
+
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            load_model("smollm2", device="cuda")

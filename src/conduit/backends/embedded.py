@@ -43,13 +43,15 @@ class EmbeddedBackend:
         s, e = self._settings, self._settings.engine
         config = EngineConfig(
             block_size=e.block_size, kv_cache_memory_gb=e.kv_cache_memory_gb,
+            gpu_memory_utilization=e.gpu_memory_utilization, cuda_graphs=e.cuda_graphs,
             max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
             enable_prefix_caching=e.enable_prefix_caching,
             enable_chunked_prefill=e.enable_chunked_prefill,
         )
         engine = AsyncEngine(EngineArgs(source=s.source, dtype=s.dtype,
                                         max_model_len=s.max_model_len,
-                                        load_format=s.load_format, config=config))
+                                        load_format=s.load_format, config=config,
+                                        device=s.device))
         tokenizer_source = "smollm2" if s.load_format == "dummy" else s.source
         self.tokenizer, _ = await asyncio.gather(
             asyncio.to_thread(lambda: Tokenizer(GGUFModelFile(resolve_model_path(tokenizer_source)))),

@@ -34,6 +34,7 @@ class EngineArgs:
     quantization: str = "auto"
     config: EngineConfig = field(default_factory=EngineConfig)
     num_threads: int | None = None
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _engine_main(conn, args: EngineArgs) -> None:
         if args.num_threads:
             torch.set_num_threads(args.num_threads)
         loaded = load_model(args.source, args.dtype, args.max_model_len, args.quantization,
-                            args.load_format)
+                            args.load_format, args.device)
         core = EngineCore(loaded, args.config)
     except Exception as exc:  # noqa: BLE001 - reported to the front, which raises it
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))

@@ -29,12 +29,14 @@ from conduit.engine.scheduler import Scheduler, Sequence, Status
 @dataclass
 class EngineConfig:
     block_size: int = 16
-    kv_cache_memory_gb: float = 1.0
-    num_blocks: int | None = None  # overrides kv_cache_memory_gb (tests)
+    kv_cache_memory_gb: float = 1.0  # the CPU's KV-cache budget
+    gpu_memory_utilization: float = 0.9  # on CUDA: the fraction of free memory the cache takes
+    num_blocks: int | None = None  # overrides both budgets (tests)
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 512
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    cuda_graphs: bool = True  # on CUDA: replay decode-only steps from graphs
 
 
 @dataclass(frozen=True)
@@ -94,18 +96,14 @@ class EngineCore:
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
         self.max_model_len = loaded.max_model_len
-        c = self.model.config
-        num_blocks = config.num_blocks or max(
-            1,
-            int(config.kv_cache_memory_gb * 2**30)
-            // PagedKVCache.bytes_per_block(c.num_layers, c.num_kv_heads, c.head_dim,
-                                            config.block_size),
-        )
+        num_blocks = config.num_blocks or kv_cache_blocks(loaded, config)
         self.block_manager = BlockManager(num_blocks, config.block_size,
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens, config.enable_chunked_prefill)
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size)
+        on_gpu = loaded.device.type == "cuda"
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.max_model_len,
+                                  graph_batch=config.max_num_seqs if on_gpu and config.cuda_graphs else 0)
         self.requests: dict[str, list[Sequence]] = {}
         self.pending_forks: dict[str, list[Sequence]] = {}
         self.choices: dict[Sequence, _Choice] = {}
@@ -174,17 +172,19 @@ class EngineCore:
             )
         samplers, logits = self.runner.execute(batch)
         self.scheduler.after_step(batch)
-        outputs = []
-        for seq, row in zip(samplers, logits):
-            outputs.append(self._advance(seq, row))
-        return outputs
+        picked = _greedy_tokens(samplers, logits)
+        return [self._advance(seq, logits[i], picked[i]) for i, seq in enumerate(samplers)]
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor) -> RequestOutput:
+    def _advance(self, seq: Sequence, logits: torch.Tensor, token: int | None) -> RequestOutput:
+        """`token`: already picked (plain greedy), else sampled here from the row."""
         params, choice = seq.params, self.choices[seq]
-        processed = logits
-        if params.penalized:
-            processed = apply_penalties(logits, params, seq.prompt_ids, seq.output_ids)
-        token = sample(processed, params, seq.generator)
+        if token is None or params.logprobs is not None:
+            logits = logits.float().cpu()  # per-request generators live on the CPU
+        if token is None:
+            processed = logits
+            if params.penalized:
+                processed = apply_penalties(logits, params, seq.prompt_ids, seq.output_ids)
+            token = sample(processed, params, seq.generator)
         first = not seq.output_ids
         seq.token_ids.append(token)
         self.counters.generation_tokens += 1
@@ -230,6 +230,39 @@ class EngineCore:
 
     def _token_text(self, token: int) -> str:
         return self.tokenizer.token_bytes[token].decode("utf-8", errors="replace")
+
+
+def _greedy_tokens(samplers: list[Sequence], logits: torch.Tensor) -> list[int | None]:
+    """The argmax of every plain greedy row in one call (one device sync on a GPU, not one per
+    row); None for rows sampled one by one."""
+    rows = [i for i, seq in enumerate(samplers) if seq.params.greedy and not seq.params.penalized]
+    picked: list[int | None] = [None] * len(samplers)
+    if rows:
+        chosen = logits[rows].argmax(-1).tolist() if len(rows) < len(samplers) else logits.argmax(-1).tolist()
+        for i, token in zip(rows, chosen):
+            picked[i] = token
+    return picked
+
+
+def kv_cache_blocks(loaded: LoadedModel, config: EngineConfig) -> int:
+    """Blocks the KV cache gets: `kv_cache_memory_gb` on the CPU; on CUDA, a fraction of the
+    memory still free once the weights are loaded, less room for one step's activations."""
+    c = loaded.model.config
+    on_gpu = loaded.device.type == "cuda"
+    dtype = loaded.model.dtype if on_gpu else torch.float32
+    per_block = PagedKVCache.bytes_per_block(c.num_layers, c.num_kv_heads, c.head_dim,
+                                             config.block_size, dtype)
+    if not on_gpu:
+        return max(1, int(config.kv_cache_memory_gb * 2**30) // per_block)
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    # A prefill step's activations (float32 residual and norms, the fused projections, the
+    # MLP's gate|up) and the sampled rows' logits, with a margin for the graphs and allocator.
+    activations = config.max_num_batched_tokens * (8 * c.hidden_size + 4 * c.intermediate_size) * 4
+    logits = config.max_num_seqs * c.vocab_size * 8
+    budget = free * config.gpu_memory_utilization - activations - logits - 2**29
+    if budget < per_block:
+        raise ValueError(f"no GPU memory left for the KV cache ({free / 2**30:.1f} GiB free after the weights)")
+    return int(budget // per_block)
 
 
 def _finite(x: float) -> float:

@@ -34,8 +34,9 @@ class KVCache:
         max_len: int,
         dtype: torch.dtype,
         windows: Sequence[int | None] = (),
+        device: torch.device | str = "cpu",
     ):
-        self.data = torch.empty(num_layers, 2, num_kv_heads, max_len, head_dim, dtype=dtype)
+        self.data = torch.empty(num_layers, 2, num_kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.windows = list(windows) or [None] * num_layers
         self.keys = [self.data[i, 0] for i in range(num_layers)]
         self.values = [self.data[i, 1] for i in range(num_layers)]
@@ -53,7 +54,7 @@ class KVCache:
         self._start, self.length = start, end
         # Per window: the first position read, and the mask (None: plain causal from 0). Several
         # new tokens after cached ones cannot use is_causal (it aligns the diagonal at 0).
-        self._masks = {w: _window_mask(start, end, w) for w in set(self.windows)}
+        self._masks = {w: _window_mask(start, end, w, self.data.device) for w in set(self.windows)}
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, heads, d], k/v [T, kv_heads, d] for the reserved slots -> [T, heads * d]."""
@@ -80,14 +81,16 @@ class KVCache:
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
 
 
-def _window_mask(start: int, end: int, window: int | None) -> tuple[int, torch.Tensor | None]:
+def _window_mask(
+    start: int, end: int, window: int | None, device: torch.device | None = None
+) -> tuple[int, torch.Tensor | None]:
     """Queries at positions start..end-1 over keys first..end-1: (first, boolean mask or None
     where plain causal attention from `first` = 0 is right)."""
     first = 0 if window is None else max(0, start - window + 1)
     if start == 0 and (window is None or end <= window):
         return first, None
-    rows = torch.arange(start, end).unsqueeze(1)
-    cols = torch.arange(first, end).unsqueeze(0)
+    rows = torch.arange(start, end, device=device).unsqueeze(1)
+    cols = torch.arange(first, end, device=device).unsqueeze(0)
     mask = cols <= rows
     if window is not None:
         mask &= cols > rows - window
@@ -105,9 +108,11 @@ class PagedKVCache:
     block_size, head_dim] (zeroed: padded reads multiply garbage by 0, which must not be NaN).
 
     Before each forward the runner calls `prepare` with the batch's layout: decode tokens first
-    (one query each), then prefill chunks (several queries each). Decodes run as one padded
-    batch -- each sequence's blocks gathered whole-block at a time, masked past its length --
-    and each prefill chunk runs its own causal attention over its gathered context.
+    (one query each), then prefill chunks (several queries each). Each prefill chunk runs its
+    own causal attention over its gathered context. Decodes run either as one padded batch --
+    each sequence's blocks gathered whole-block at a time, masked past its length (the CPU
+    path) -- or, with `triton_decode` (the default on CUDA), through a kernel that reads the
+    blocks in place and needs no data-dependent shapes, so a CUDA graph can replay it.
     """
 
     def __init__(
@@ -120,10 +125,14 @@ class PagedKVCache:
         block_size: int,
         dtype: torch.dtype = torch.float32,
         windows: Sequence[int | None] = (),
+        device: torch.device | str = "cpu",
+        triton_decode: bool | None = None,
     ):
         self.windows = list(windows) or [None] * num_layers
+        self.device = torch.device(device)
+        self.triton_decode = self.device.type == "cuda" if triton_decode is None else triton_decode
         shape = (num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim)
-        self.data = torch.zeros(shape, dtype=dtype)
+        self.data = torch.zeros(shape, dtype=dtype, device=self.device)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.num_blocks, self.block_size = num_blocks, block_size
         self.slots = self.data.view(num_layers, 2, num_kv_heads, num_blocks * block_size, head_dim)
@@ -144,12 +153,14 @@ class PagedKVCache:
         included. prefills: (first token row, number of rows, block table, context length)."""
         self._slot_mapping = slot_mapping
         self._num_decodes = 0 if decode_tables is None else decode_tables.shape[0]
+        self._decode_batch = (decode_tables, decode_lengths)
+        gather_decodes = self._num_decodes and not self.triton_decode
         # What each kind of layer reads: per window (None = whole context), the decodes' rows,
         # mask bias and width, and each prefill chunk's (start, count, rows, first, mask).
         self._views = {
             window: (
                 self._decode_view(decode_tables, decode_lengths, window)
-                if self._num_decodes
+                if gather_decodes
                 else None,
                 [self._prefill_view(*chunk, window) for chunk in prefills],
             )
@@ -162,27 +173,28 @@ class PagedKVCache:
         if window is not None:  # only the blocks holding the last `window` positions
             first_block = (lengths - window).clamp(min=0) // bs
         count = int(((lengths + bs - 1) // bs - first_block).max())
-        index = first_block.unsqueeze(1) + torch.arange(count)  # [B, count] block indices
+        index = first_block.unsqueeze(1) + torch.arange(count, device=self.device)  # [B, count]
         blocks = tables.gather(1, index.clamp(max=tables.shape[1] - 1))
-        positions = (index.unsqueeze(-1) * bs + torch.arange(bs)).view(len(lengths), -1)
+        positions = (index.unsqueeze(-1) * bs + torch.arange(bs, device=self.device)).view(len(lengths), -1)
         masked = positions >= lengths.unsqueeze(1)  # past the end (and clamped padding)
         if window is not None:
             masked |= positions < (lengths - window).unsqueeze(1)
-        bias = torch.zeros(masked.shape).masked_fill_(masked, float("-inf"))
+        bias = torch.zeros(masked.shape, device=self.device).masked_fill_(masked, float("-inf"))
         width = count * bs
         return self._rows(blocks.reshape(-1)), bias.view(1, len(lengths), 1, width), width
 
     def _prefill_view(self, start: int, count: int, table: list[int], length: int, window):
         """A chunk of `count` queries ending at position `length` - 1."""
-        first, mask = _window_mask(length - count, length, window)
+        first, mask = _window_mask(length - count, length, window, self.device)
         first_block = first // self.block_size
-        blocks = self._rows(torch.tensor(table[first_block : -(-length // self.block_size)]))
+        blocks = torch.tensor(table[first_block : -(-length // self.block_size)], device=self.device)
+        blocks = self._rows(blocks)
         return start, count, blocks, first - first_block * self.block_size, length - first, mask
 
     def _rows(self, blocks: torch.Tensor) -> torch.Tensor:
         """Block ids -> rows of the [kv_heads * blocks, block_size * head_dim] view, head-major:
         one index_select of whole 4 KiB rows is ~3x faster than indexing the blocks axis."""
-        heads = torch.arange(self.num_kv_heads).unsqueeze(1) * self.num_blocks
+        heads = torch.arange(self.num_kv_heads, device=self.device).unsqueeze(1) * self.num_blocks
         return (heads + blocks.unsqueeze(0)).reshape(-1)
 
     def _gather(self, layer: int, kind: int, rows: torch.Tensor) -> torch.Tensor:
@@ -193,12 +205,18 @@ class PagedKVCache:
         """q [T, heads, d], k/v [T, kv_heads, d] in `prepare`'s order -> [T, heads * d]."""
         h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
         key_slots, value_slots = self.slots[layer, 0], self.slots[layer, 1]
-        key_slots.index_copy_(1, self._slot_mapping, k.transpose(0, 1))
-        value_slots.index_copy_(1, self._slot_mapping, v.transpose(0, 1))
-        out = torch.empty(q.shape[0], h * d)
+        key_slots.index_copy_(1, self._slot_mapping, k.transpose(0, 1).to(key_slots.dtype))
+        value_slots.index_copy_(1, self._slot_mapping, v.transpose(0, 1).to(value_slots.dtype))
+        out = torch.empty(q.shape[0], h * d, device=q.device, dtype=q.dtype)
         b = self._num_decodes
         decode, prefills = self._views[self.windows[layer]]
-        if b:
+        if b and self.triton_decode:
+            from conduit.engine.triton_attention import paged_decode_attention
+
+            tables, lengths = self._decode_batch
+            paged_decode_attention(q[:b], self.data[layer, 0], self.data[layer, 1], tables, lengths,
+                                   d**-0.5, self.windows[layer], out=out[:b].view(b, h, d))
+        elif b:
             rows, bias, width = decode
             # Query heads sharing a kv head are that head's query rows: [kvh, B, group, d].
             qd = q[:b].view(b, kvh, h // kvh, d).transpose(0, 1) * d**-0.5
@@ -211,7 +229,7 @@ class PagedKVCache:
             ctx_k = self._gather(layer, 0, blocks)[:, skip : skip + length]
             ctx_v = self._gather(layer, 1, blocks)[:, skip : skip + length]
             attended = F.scaled_dot_product_attention(
-                q[start : start + count].transpose(0, 1),
+                q[start : start + count].transpose(0, 1).to(ctx_k.dtype),
                 ctx_k,
                 ctx_v,
                 attn_mask=mask,

@@ -57,10 +57,12 @@ class LLM:
         num_threads: int | None = None,
         quantization: str = "auto",
         load_format: str = "gguf",
+        device: str = "cpu",
     ):
         if num_threads:
             torch.set_num_threads(num_threads)
-        loaded = load_model(model, dtype, max_model_len, quantization, load_format)
+        loaded = load_model(model, dtype, max_model_len, quantization, load_format, device)
+        self.device = loaded.device
         self.config: ModelConfig = loaded.model.config
         self.model_name = loaded.name
         self.max_model_len = loaded.max_model_len
@@ -115,13 +117,15 @@ class LLM:
         stops = StopStringMatcher(params.stop)
         # The last sampled token is never fed back, hence no slot for it.
         kv = self.model.new_kv_cache(len(prompt) + max_new - 1)
-        input_ids, positions = torch.tensor(prompt), torch.arange(len(prompt))
+        device = self.device
+        input_ids, positions = torch.tensor(prompt, device=device), torch.arange(len(prompt), device=device)
         for step in range(max_new):
             if should_stop is not None and should_stop():
                 yield StreamDelta("", [], "abort")
                 return
             kv.reserve(len(input_ids))
-            token = sample(self.model.forward(input_ids, positions, kv), params, generator)
+            logits = self.model.forward(input_ids, positions, kv).cpu()  # the generator is the CPU's
+            token = sample(logits, params, generator)
             if token in stop_ids:  # its text is not part of the output
                 text, _ = stops.push(detokenizer.flush(), final=True)
                 yield StreamDelta(text, [token], "stop")
@@ -134,14 +138,16 @@ class LLM:
                 yield StreamDelta(text, [token], "stop" if stopped else "length")
                 return
             yield StreamDelta(text, [token])
-            input_ids, positions = torch.tensor([token]), torch.tensor([kv.length])
+            input_ids = torch.tensor([token], device=device)
+            positions = torch.tensor([kv.length], device=device)
 
     def _warm_up(self) -> None:
         # The first call pays oneDNN/kernel setup (~0.1 s); keep that off the first request.
         kv = self.model.new_kv_cache(3)
         for ids in ([0, 0], [0]):
             kv.reserve(len(ids))
-            self.model.forward(torch.tensor(ids), torch.arange(kv.length - len(ids), kv.length), kv)
+            self.model.forward(torch.tensor(ids, device=self.device),
+                               torch.arange(kv.length - len(ids), kv.length, device=self.device), kv)
 
 
 class StopStringMatcher:

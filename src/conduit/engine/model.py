@@ -32,7 +32,7 @@ class DenseLinear:
     single-row matmul then streams the weight ~2x faster than F.linear does (measured)."""
 
     def __init__(self, weight: torch.Tensor):
-        self.prepacked = _onednn_linear_available(weight.dtype)
+        self.prepacked = weight.device.type == "cpu" and _onednn_linear_available(weight.dtype)
         weight = weight.contiguous()
         self.weight = (
             torch.ops.mkldnn._reorder_linear_weight(weight, 1) if self.prepacked else weight
@@ -87,10 +87,11 @@ class Int4Linear:
         )
 
 
-def load_linear(file: GGUFModelFile, names: tuple[str, ...], dtype: torch.dtype, quantization: str):
+def load_linear(file: GGUFModelFile, names: tuple[str, ...], dtype: torch.dtype, quantization: str,
+                device: torch.device | str = "cpu"):
     """One matmul for the named weights stacked by rows (fused q|k|v, gate|up: fewer kernel
     launches per token). Q4_0/Q4_1 weights stay 4-bit under "int4"/"int4+dense" (see
-    Int4Linear); anything else is dequantized to `dtype`."""
+    Int4Linear, CPU only); anything else is dequantized to `dtype` on `device`."""
     rows = sum(file.tensors[n].data.shape[0] for n in names)
     int4 = quantization in ("int4", "int4+dense")
     if int4 and rows % 16 == 0 and all(file.quant_type(n) in Q4_TYPES for n in names):
@@ -100,15 +101,15 @@ def load_linear(file: GGUFModelFile, names: tuple[str, ...], dtype: torch.dtype,
             dtype=dtype,
             keep_dense=quantization == "int4+dense",
         )
-    weights = [file.dense(n).to(dtype) for n in names]
+    weights = [file.dense(n).to(device, dtype) for n in names]
     return DenseLinear(weights[0] if len(weights) == 1 else torch.cat(weights))
 
 
-def check_quantization(dtype: torch.dtype, quantization: str) -> None:
+def check_quantization(dtype: torch.dtype, quantization: str, device: torch.device | str = "cpu") -> None:
     if quantization in ("int4", "int4+dense") and (
-        dtype != torch.bfloat16 or not int4_kernel_available()
+        dtype != torch.bfloat16 or not int4_kernel_available() or torch.device(device).type != "cpu"
     ):
-        raise ValueError("int4 weights need dtype bfloat16 and torch's CPU int4 kernel")
+        raise ValueError("int4 weights need dtype bfloat16 on the CPU (torch's CPU int4 kernel)")
 
 
 class Layer:
@@ -119,9 +120,9 @@ class Layer:
 
 class LlamaModel:
     """`dtype` is what the matmuls read and write (weights and their inputs). Everything between
-    matmuls -- residual stream, norms, RoPE, attention, KV cache -- stays float32: on this CPU
-    those small ops are no faster in bfloat16 (attention is ~3x slower), and it avoids casts
-    inside every norm."""
+    matmuls -- residual stream, norms, RoPE, attention -- stays float32: on this CPU those small
+    ops are no faster in bfloat16 (attention is ~3x slower), and it avoids casts inside every
+    norm. On a GPU (`device`) the runner's KV cache holds `dtype` and attention reads it so."""
 
     def __init__(
         self,
@@ -129,43 +130,49 @@ class LlamaModel:
         dtype: torch.dtype,
         quantization: str = "none",
         max_positions: int | None = None,
+        device: torch.device | str = "cpu",
     ):
         """quantization: "none" dequantizes every weight to `dtype`; "int4" keeps Q4_0/Q4_1
         weights packed; "int4+dense" also keeps a dense copy for many-row inputs (prefill)."""
         c = self.config = file.config
         self.dtype = dtype
-        check_quantization(dtype, quantization)
+        self.device = device = torch.device(device)
+        check_quantization(dtype, quantization, device)
 
         def linear(*names: str):
-            return load_linear(file, names, dtype, quantization)
+            return load_linear(file, names, dtype, quantization, device)
+
+        def vector(name: str) -> torch.Tensor:
+            return file.dense(name).to(device)
 
         self.layers = []
         for i in range(c.num_layers):
             p = f"blk.{i}."
             self.layers.append(
                 Layer(
-                    attn_norm=file.dense(p + "attn_norm.weight"),
+                    attn_norm=vector(p + "attn_norm.weight"),
                     qkv=linear(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
                     o_proj=linear(p + "attn_output.weight"),
-                    ffn_norm=file.dense(p + "ffn_norm.weight"),
+                    ffn_norm=vector(p + "ffn_norm.weight"),
                     gate_up=linear(p + "ffn_gate.weight", p + "ffn_up.weight"),
                     down=linear(p + "ffn_down.weight"),
                 )
             )
-        self.norm = file.dense("output_norm.weight")
-        self.embed_tokens = file.dense("token_embd.weight").to(dtype)
+        self.norm = vector("output_norm.weight")
+        self.embed_tokens = file.dense("token_embd.weight").to(device, dtype)
         self.lm_head = linear("token_embd.weight" if c.tie_word_embeddings else "output.weight")
-        rope_factors = file.dense("rope_freqs.weight") if file.has("rope_freqs.weight") else None
-        self.cos, self.sin = rope_tables(
+        rope_factors = file.dense("rope_freqs.weight").cpu() if file.has("rope_freqs.weight") else None
+        self.cos, self.sin = (t.to(device) for t in rope_tables(
             c.head_dim, c.rope_theta, max_positions or c.max_position_embeddings, rope_factors
-        )
+        ))
         self.q_size = c.num_heads * c.head_dim
         self.kv_size = c.num_kv_heads * c.head_dim
 
     def new_kv_cache(self, max_len: int) -> KVCache:
         c = self.config
         return KVCache(
-            c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, max_len, torch.float32
+            c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, max_len, torch.float32,
+            device=self.device,
         )
 
     @torch.inference_mode()
@@ -204,7 +211,7 @@ class LlamaModel:
             hidden = hidden + layer.down(F.silu(gate) * up)
         # Only the positions sampled from need the (large) vocabulary projection.
         if logits_indices is not None and logits_indices.numel() == 0:
-            return torch.empty(0, c.vocab_size)
+            return torch.empty(0, c.vocab_size, device=hidden.device)
         rows = hidden[-1:] if logits_indices is None else hidden[logits_indices]
         logits = self.lm_head(F.rms_norm(rows, self.norm.shape, self.norm, eps).to(dtype)).float()
         return logits[0] if logits_indices is None else logits

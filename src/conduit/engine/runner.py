@@ -3,12 +3,16 @@
 Tokens of all sequences are concatenated ([T], no batch axis, no padding in the matmuls);
 the paged cache gets each token's slot and each sequence's block table. Only the last
 token of a sequence whose tokens are now all computed is projected to logits.
+
+On a GPU the cache holds the model's dtype (bfloat16), decodes read it through the Triton
+kernel, and decode-only steps replay CUDA graphs (see cuda_graphs.py).
 """
 
 from __future__ import annotations
 
 import torch
 
+from conduit.engine.cuda_graphs import DecodeGraphs
 from conduit.engine.gemma import GemmaModel
 from conduit.engine.kv_cache import PagedKVCache
 from conduit.engine.model import LlamaModel
@@ -16,14 +20,32 @@ from conduit.engine.scheduler import ScheduledBatch, Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel | GemmaModel, num_blocks: int, block_size: int):
+    """triton_decode: None = the Triton kernel on CUDA, the gather path on the CPU (True on the
+    CPU runs it under TRITON_INTERPRET=1, for tests). graph_batch: the largest decode batch
+    replayed from a CUDA graph (0: none; on the CPU the same buffers run eagerly)."""
+
+    def __init__(self, model: LlamaModel | GemmaModel, num_blocks: int, block_size: int,
+                 max_model_len: int | None = None, triton_decode: bool | None = None,
+                 graph_batch: int = 0):
         c = model.config
         self.model = model
         self.block_size = block_size
+        self.device = getattr(model, "device", torch.device("cpu"))
+        on_gpu = self.device.type == "cuda"
         self.kv = PagedKVCache(
-            c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, num_blocks, block_size,
+            c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim,
+            num_blocks + (1 if graph_batch else 0),  # the last: graph padding's scratch block
+            block_size,
+            dtype=model.dtype if on_gpu else torch.float32,
             windows=[c.layer_window(i) for i in range(c.num_layers)],
+            device=self.device,
+            triton_decode=triton_decode,
         )
+        self.graphs = None
+        if graph_batch:
+            max_blocks = -(-(max_model_len or c.max_position_embeddings) // block_size)
+            self.graphs = DecodeGraphs(model, self.kv, graph_batch, max_blocks, scratch_block=num_blocks,
+                                       capture=on_gpu)
 
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Run the batch; return the sequences that sample now and their logits [n, vocab]."""
@@ -50,17 +72,23 @@ class ModelRunner:
             if end == len(seq.token_ids):
                 sample_rows.append(len(input_ids) - 1)
                 samplers.append(seq)
+        if self.graphs is not None and not prefills and self.graphs.fits(len(decode_tables)):
+            logits = self.graphs.run(input_ids, positions, slots, decode_tables, decode_lengths)
+            if len(sample_rows) < len(input_ids):  # a one-token prefill chunk samples nothing yet
+                logits = logits[torch.tensor(sample_rows, device=logits.device)]
+            return samplers, logits
+        device = self.device
         tables = None
         if decode_tables:
             width = max(map(len, decode_tables))
-            tables = torch.tensor([t + [0] * (width - len(t)) for t in decode_tables])
+            tables = torch.tensor([t + [0] * (width - len(t)) for t in decode_tables], device=device)
         self.kv.prepare(
-            torch.tensor(slots), tables, torch.tensor(decode_lengths), prefills
+            torch.tensor(slots, device=device), tables, torch.tensor(decode_lengths, device=device), prefills
         )
         logits = self.model.forward(
-            torch.tensor(input_ids),
-            torch.tensor(positions),
+            torch.tensor(input_ids, device=device),
+            torch.tensor(positions, device=device),
             self.kv,
-            logits_indices=torch.tensor(sample_rows, dtype=torch.long),
+            logits_indices=torch.tensor(sample_rows, dtype=torch.long, device=device),
         )
         return samplers, logits

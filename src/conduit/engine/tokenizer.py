@@ -92,6 +92,13 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def cover(self, vocab_size: int) -> None:
+        """Let a (dummy) model with more ids than this vocabulary use it: the extra ids decode to
+        nothing."""
+        if vocab_size > self.vocab_size:
+            self.token_bytes = self.token_bytes + [b""] * (vocab_size - self.vocab_size)
+            self.vocab_size = vocab_size
+
     def detokenizer(self, skip_special_tokens: bool = True) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self, skip_special_tokens)
 
