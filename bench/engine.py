@@ -3,10 +3,14 @@ transformers' generate() one request at a time, plus /healthz latency under load
 
     python bench/engine.py [--requests 16] [--prompt-tokens 256] [--output-tokens 128]
                            [--hf-requests 2] [--no-hf] [--no-server] [--streams 32]
+    # the GPU path: the Llama-3-8B shape with random bf16 weights
+    python bench/engine.py --device cuda --load-format dummy --model llama3-8b --requests 64 \
+        --prompt-tokens 512 --batched-tokens 8192 --prefix-tokens 2048 --no-server
 
 Prompts are random token ids of a fixed length and every request generates exactly
---output-tokens (EOS ignored), like vLLM's random dataset. Prints a table and writes
-bench/results/engine.json.
+--output-tokens (EOS ignored), like vLLM's random dataset. `--prefix-tokens N` also times the
+first token of a prompt sharing an N-token prefix with an earlier one against a cold prompt.
+Prints a table and writes bench/results/engine.json (or --out).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from conduit.engine.async_engine import AsyncEngine, EngineArgs
 from conduit.engine.core import EngineConfig
-from conduit.engine.gguf_loader import GGUFModelFile, resolve_model_path
+from conduit.engine.gguf_loader import GGUFModelFile, ModelConfig, resolve_model_path
+from conduit.engine.loader import DummyModelFile, resolve_device
 from conduit.engine.sampling import SamplingParams
 
 
@@ -45,10 +50,22 @@ def random_prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[
     return [[rng.randrange(100, vocab) for _ in range(length)] for _ in range(n)]
 
 
+def model_config(args) -> ModelConfig:
+    if args.load_format == "dummy":  # shapes only: nothing is allocated
+        tokens = GGUFModelFile(resolve_model_path("smollm2")).get("tokenizer.ggml.tokens")
+        return DummyModelFile(args.model, vocab_size=len(tokens)).config
+    return GGUFModelFile(resolve_model_path(args.model)).config
+
+
 async def run_engine(args, prompts) -> dict:
-    engine = AsyncEngine(EngineArgs(source=args.model, config=EngineConfig(
-        max_num_seqs=max(32, args.requests), max_num_batched_tokens=args.batched_tokens)))
+    engine = AsyncEngine(EngineArgs(
+        source=args.model, load_format=args.load_format, device=args.device,
+        config=EngineConfig(max_num_seqs=args.max_num_seqs or max(32, args.requests),
+                            max_num_batched_tokens=args.batched_tokens,
+                            cuda_graphs=not args.no_cuda_graphs)))
+    started = time.perf_counter()
     await engine.start()
+    load_s = time.perf_counter() - started
     params = SamplingParams(temperature=0, max_tokens=args.output_tokens, ignore_eos=True)
     try:
         # Warm-up: a short request pays the first-call costs.
@@ -65,32 +82,81 @@ async def run_engine(args, prompts) -> dict:
         start = time.perf_counter()
         results = await asyncio.gather(*(one(p) for p in prompts))
         elapsed = time.perf_counter() - start
+        prefix = await prefix_ttft(engine, args) if args.prefix_tokens else None
     finally:
         await engine.close()
     ttft = [s[0] - t0 for t0, s in results]
     tpot = [(s[-1] - s[0]) / (len(s) - 1) for _, s in results]
     total = sum(len(s) for _, s in results)
     decode_rate = statistics.mean(len(prompts) / t for t in tpot)
-    return {"output_tokens_per_s": total / elapsed, "elapsed_s": elapsed,
+    return {"output_tokens_per_s": total / elapsed, "elapsed_s": elapsed, "load_s": load_s,
             "ttft_p50_s": percentile(ttft, 50), "ttft_p99_s": percentile(ttft, 99),
             "tpot_p50_s": percentile(tpot, 50), "tpot_p99_s": percentile(tpot, 99),
-            "decode_tokens_per_s": decode_rate}
+            "decode_tokens_per_s": decode_rate, "prefix_cache": prefix}
+
+
+async def prefix_ttft(engine: AsyncEngine, args) -> dict:
+    """Time to first token of prompts that share a --prefix-tokens prefix: the first computes
+    it (cold), the next find its blocks in the prefix cache. Medians of a few, one at a time."""
+    vocab = model_config(args).vocab_size
+    prefixes = random_prompts(3, args.prefix_tokens, vocab, seed=7)
+    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+
+    async def ttft(prompt: list[int]) -> float:
+        start = time.perf_counter()
+        async for _ in engine.generate(prompt, params):
+            return time.perf_counter() - start
+        raise RuntimeError("no token")
+
+    cold, hit = [], []
+    for i, prefix in enumerate(prefixes):
+        cold.append(await ttft(prefix + random_prompts(1, 16, vocab, seed=100 + i)[0]))
+        for j in range(2):
+            hit.append(await ttft(prefix + random_prompts(1, 16, vocab, seed=200 + 10 * i + j)[0]))
+    cold_s, hit_s = statistics.median(cold), statistics.median(hit)
+    return {"prefix_tokens": args.prefix_tokens, "cold_ttft_s": cold_s, "hit_ttft_s": hit_s,
+            "hit_over_cold": hit_s / cold_s}
+
+
+def hf_model(args):
+    """The same model in transformers: the GGUF in float32 on the CPU, or for a dummy shape a
+    randomly initialised LlamaForCausalLM in bfloat16 on the device (the engine has exited)."""
+    import transformers
+
+    if args.load_format != "dummy":
+        path = resolve_model_path(args.model)
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    c = model_config(args)
+    config = transformers.LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim, rope_theta=c.rope_theta,
+        rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.context_length,
+        tie_word_embeddings=c.tie_word_embeddings)
+    device, default = resolve_device(args.device), torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # made in bfloat16: an 8B model in float32 is 32 GB
+    try:
+        with torch.device(device):
+            model = transformers.LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
 
 
 def run_hf(args, prompts) -> dict:
-    import transformers
-
-    path = resolve_model_path(args.model)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    model = hf_model(args)
+    device = next(model.parameters()).device
     tokens, elapsed = 0, 0.0
     for prompt in prompts[: args.hf_requests]:
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=device)
+        _sync(device)
         start = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                  max_new_tokens=args.output_tokens,
                                  min_new_tokens=args.output_tokens)
+        _sync(device)
         took = time.perf_counter() - start
         tokens += out.shape[1] - ids.shape[1]
         elapsed += took
@@ -98,21 +164,23 @@ def run_hf(args, prompts) -> dict:
 
 
 def roofline(args) -> dict:
-    """Decode tokens/s bound: B / max((W + B*L*kv)/BW, 2*P*B/F), measured BW and F."""
-    big = torch.empty(2**28 // 4 * 4, dtype=torch.uint8)  # 1 GiB
-    big.fill_(1)
-    dst = torch.empty_like(big)
-    best = min(_timed(lambda: dst.copy_(big)) for _ in range(3))
-    bw = 2 * big.numel() / best  # read + write
-    a = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    b = torch.randn(2048, 2048, dtype=torch.bfloat16)
-    flops = 2 * 2048**3 / min(_timed(lambda: a @ b) for _ in range(3))
-    c = GGUFModelFile(resolve_model_path(args.model)).config
+    """Decode tokens/s bound: B / max((W + B*L*kv)/BW, 2*P*B/F), measured BW and F on the
+    device the engine ran on."""
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    bw = _copy_bandwidth(device)
+    n = 8192 if gpu else 2048
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    flops = 2 * n**3 / min(_timed(lambda: a @ b, device) for _ in range(5))
+    c = model_config(args)
     params = c.vocab_size * c.hidden_size + c.num_layers * (
         c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
         + c.num_heads * c.head_dim * c.hidden_size + 3 * c.hidden_size * c.intermediate_size)
-    weight_bytes = 2 * params  # batched decode (>= 12 rows) reads the dense bfloat16 copy
-    kv = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4  # float32 cache
+    # On the CPU batched decode (>= 12 rows) reads the dense bfloat16 copy; the GPU's weights
+    # are bfloat16 too. The KV cache is float32 on the CPU, bfloat16 on the GPU.
+    weight_bytes = 2 * params
+    kv = 2 * c.num_layers * c.num_kv_heads * c.head_dim * (2 if gpu else 4)
     batch, context = args.requests, args.prompt_tokens + args.output_tokens / 2
     bound = batch / max((weight_bytes + batch * context * kv) / bw, 2 * params * batch / flops)
     return {"bandwidth_GBps": bw / 1e9, "bf16_TFLOPs": flops / 1e12, "params": params,
@@ -120,9 +188,24 @@ def roofline(args) -> dict:
             "decode_bound_tokens_per_s": bound}
 
 
-def _timed(fn) -> float:
+def _copy_bandwidth(device: torch.device) -> float:
+    """Bytes read plus written per second by a 1 GiB copy (random bytes, not zeros)."""
+    src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / min(_timed(lambda: dst.copy_(src), device) for _ in range(5))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device | None = None) -> float:
+    device = device or torch.device("cpu")
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -191,12 +274,22 @@ def main() -> None:
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--no-server", action="store_true")
     p.add_argument("--streams", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--load-format", default="gguf", choices=["gguf", "dummy"],
+                   help="dummy: --model names a preset shape (llama3-8b...) with random weights")
+    p.add_argument("--max-num-seqs", type=int, default=0, help="default: max(32, --requests)")
+    p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--prefix-tokens", type=int, default=0,
+                   help="also time TTFT on a prefix-cache hit of this many tokens against cold")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "engine.json")
     args = p.parse_args()
-    vocab = GGUFModelFile(resolve_model_path(args.model)).config.vocab_size
+    vocab = model_config(args).vocab_size
     prompts = random_prompts(args.requests, args.prompt_tokens, vocab)
-    result = {"machine": f"{platform.processor() or platform.machine()}, "
-                         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-              "workload": vars(args)}
+    device = resolve_device(args.device)
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    result = {"machine": f"{where}, torch {torch.__version__}",
+              "workload": {k: str(v) for k, v in vars(args).items()}}
     result["engine"] = asyncio.run(run_engine(args, prompts))
     if not args.no_hf:
         result["transformers"] = run_hf(args, prompts)
@@ -210,6 +303,7 @@ def main() -> None:
 
     e = result["engine"]
     rows = [("engine output tok/s", f"{e['output_tokens_per_s']:.1f}"),
+            ("engine start (load, KV cache, graphs) s", f"{e['load_s']:.1f}"),
             ("engine TTFT p50 / p99 (s)", f"{e['ttft_p50_s']:.2f} / {e['ttft_p99_s']:.2f}"),
             ("engine TPOT p50 / p99 (ms)",
              f"{1000 * e['tpot_p50_s']:.1f} / {1000 * e['tpot_p99_s']:.1f}"),
@@ -218,6 +312,10 @@ def main() -> None:
         rows += [("transformers generate() tok/s (1 at a time)",
                   f"{result['transformers']['output_tokens_per_s']:.1f}"),
                  ("speedup", f"{result['speedup']:.1f}x")]
+    if e["prefix_cache"]:
+        pc = e["prefix_cache"]
+        rows.append((f"TTFT {pc['prefix_tokens']}-token prefix: cold / hit (ms), hit/cold",
+                     f"{1000 * pc['cold_ttft_s']:.1f} / {1000 * pc['hit_ttft_s']:.1f}, {pc['hit_over_cold']:.2f}"))
     r = result["roofline"]
     rows += [("measured copy BW (GB/s) / bf16 matmul (TFLOP/s)",
               f"{r['bandwidth_GBps']:.1f} / {r['bf16_TFLOPs']:.2f}"),
@@ -232,9 +330,8 @@ def main() -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    out = Path(__file__).parent / "results" / "engine.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
