@@ -62,7 +62,7 @@ async def run_engine(args, prompts) -> dict:
         source=args.model, load_format=args.load_format, device=args.device,
         config=EngineConfig(max_num_seqs=args.max_num_seqs or max(32, args.requests),
                             max_num_batched_tokens=args.batched_tokens,
-                            cuda_graphs=not args.no_cuda_graphs)))
+                            cuda_graphs=not args.no_cuda_graphs, fused_kernels=not args.no_fused)))
     started = time.perf_counter()
     await engine.start()
     load_s = time.perf_counter() - started
@@ -279,6 +279,7 @@ def main() -> None:
                    help="dummy: --model names a preset shape (llama3-8b...) with random weights")
     p.add_argument("--max-num-seqs", type=int, default=0, help="default: max(32, --requests)")
     p.add_argument("--no-cuda-graphs", action="store_true")
+    p.add_argument("--no-fused", action="store_true", help="CUDA: plain torch ops, not the fused kernels")
     p.add_argument("--prefix-tokens", type=int, default=0,
                    help="also time TTFT on a prefix-cache hit of this many tokens against cold")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "engine.json")

@@ -20,5 +20,6 @@ bench() {  # name, then bench/engine.py's arguments
         --no-server --out "$OUT/$name.json" "$@" 2>&1 | grep -v -e Loading -e '%|' | tee "$OUT/$name.log" | tail -14
 }
 bench single --requests 1 --prompt-tokens 512 --output-tokens 128 --hf-requests 1
+bench single-unfused --requests 1 --prompt-tokens 512 --output-tokens 128 --no-hf --no-fused
 bench batch64 --requests 64 --prompt-tokens 512 --output-tokens 128 --batched-tokens 8192 \
     --max-num-seqs 64 --no-hf --prefix-tokens 2048

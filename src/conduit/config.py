@@ -57,6 +57,8 @@ class EngineOptions(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="CUDA: the fraction of the "
                                           "memory free after loading that the KV cache may take.")
     cuda_graphs: bool = Field(True, description="CUDA: replay decode-only steps from CUDA graphs.")
+    fused_kernels: bool = Field(True, description="CUDA: a layer's norms, RoPE + cache write and "
+                                "SiLU x up as fused Triton kernels.")
     block_size: int = Field(16, ge=1, description="Tokens per KV-cache block.")
     max_num_seqs: int = Field(32, ge=1, description="Sequences running at once, at most.")
     max_num_batched_tokens: int = Field(512, ge=16, description="Tokens per engine step (the chunked-prefill budget).")

@@ -128,6 +128,55 @@ def test_engine_on_the_kernel_and_graph_buffers_matches_the_cpu_path(tiny_models
     assert {3, 5} & set(padded_batches), padded_batches  # batches the buffers padded (to 4, 6)
 
 
+def test_fused_kernels_match_torch():
+    from conduit.engine import triton_fused as fused
+    from conduit.engine.model import rope, rope_tables
+
+    generator = torch.Generator().manual_seed(11)
+    tokens, hidden_size, heads, kv_heads, head_dim, slots = 7, 96, 6, 2, 32, 40
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(DEVICE)
+
+    hidden, delta, weight = randn(tokens, hidden_size), randn(tokens, hidden_size), randn(hidden_size)
+    expected_hidden = hidden + delta
+    normed = fused.add_rms_norm(hidden, weight, 1e-5, torch.float32, delta)
+    assert torch.allclose(hidden, expected_hidden)  # the residual, updated in place
+    assert torch.allclose(normed, torch.nn.functional.rms_norm(expected_hidden, (hidden_size,), weight, 1e-5),
+                          atol=1e-5)
+
+    cos, sin = (t.to(DEVICE) for t in rope_tables(head_dim, 10000.0, 64))
+    qkv, positions = randn(tokens, (heads + 2 * kv_heads) * head_dim), torch.tensor([0, 5, 9, 17, 33, 34, 63]).to(DEVICE)
+    where = torch.randperm(slots, generator=generator)[:tokens].to(DEVICE)
+    key_slots, value_slots = torch.zeros(kv_heads, slots, head_dim, device=DEVICE), torch.zeros(kv_heads, slots, head_dim, device=DEVICE)
+    q = fused.rope_write(qkv, cos, sin, positions, where, key_slots, value_slots, heads, kv_heads, head_dim)
+    qk = rope(qkv[:, : (heads + kv_heads) * head_dim].view(tokens, heads + kv_heads, head_dim), cos[positions], sin[positions])
+    assert torch.allclose(q, qk[:, :heads], atol=1e-5)
+    assert torch.allclose(key_slots[:, where].transpose(0, 1), qk[:, heads:], atol=1e-5)
+    assert torch.allclose(value_slots[:, where].transpose(0, 1), qkv[:, (heads + kv_heads) * head_dim :].view(tokens, kv_heads, head_dim))
+
+    gate_up = randn(tokens, 2 * 1500)  # more than one 1,024-wide block per row
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert torch.allclose(fused.silu_mul(gate_up), torch.nn.functional.silu(gate) * up, atol=1e-5)
+
+
+def test_engine_with_fused_kernels_matches_the_torch_forward(tiny_models):
+    loaded = tiny_models["llama"]
+    rng = random.Random(4)
+    prompts = [[rng.randrange(100, 40000) for _ in range(rng.randrange(3, 60))] for _ in range(7)]
+    config = EngineConfig(num_blocks=128, block_size=8, max_num_batched_tokens=48, max_num_seqs=5)
+    expected, expected_logprobs = _generate(EngineCore(loaded, config), prompts)
+    loaded.model.fused = True
+    try:
+        core = EngineCore(loaded, config)
+        core.runner = ModelRunner(loaded.model, 128, 8, loaded.max_model_len, triton_decode=True, graph_batch=5)
+        tokens, logprobs = _generate(core, prompts)
+    finally:
+        loaded.model.fused = False
+    assert tokens == expected
+    assert torch.allclose(logprobs, expected_logprobs, atol=1e-4)
+
+
 @gpu_only
 def test_cuda_engine_graphs_match_eager_and_single_requests():
     from conduit.engine.loader import load_model
@@ -142,3 +191,23 @@ def test_cuda_engine_graphs_match_eager_and_single_requests():
     single = [_generate(EngineCore(loaded, EngineConfig(max_num_seqs=16)), [p])[0][0] for p in prompts[:3]]
     assert graphs == eager
     assert graphs[:3] == single
+
+
+@gpu_only
+def test_cuda_fused_forward_matches_the_torch_forward():
+    """bfloat16, so a rounding apart: compared on the logits of one 40-token prefill."""
+    from conduit.engine.loader import load_model
+
+    shape = '{"hidden_size": 256, "intermediate_size": 512, "num_layers": 4, "num_heads": 8, "num_kv_heads": 2}'
+    model = load_model(shape, load_format="dummy", max_model_len=512, device="cuda").model
+    runner = ModelRunner(model, 64, 16, 512)
+    ids = torch.randint(100, 40000, (40,), generator=torch.Generator().manual_seed(2)).cuda()
+    rows = torch.arange(40, device="cuda")
+
+    def logits(fused: bool) -> torch.Tensor:
+        model.fused = fused
+        runner.kv.prepare(rows, None, None, [(0, 40, [0, 1, 2], 40)])
+        return model.forward(ids, rows, runner.kv, logits_indices=rows)
+
+    fused, plain = logits(True), logits(False)
+    assert (fused - plain).norm() / plain.norm() < 2e-2

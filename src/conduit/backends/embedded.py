@@ -44,6 +44,7 @@ class EmbeddedBackend:
         config = EngineConfig(
             block_size=e.block_size, kv_cache_memory_gb=e.kv_cache_memory_gb,
             gpu_memory_utilization=e.gpu_memory_utilization, cuda_graphs=e.cuda_graphs,
+            fused_kernels=e.fused_kernels,
             max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
             enable_prefix_caching=e.enable_prefix_caching,
             enable_chunked_prefill=e.enable_chunked_prefill,

@@ -37,6 +37,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     cuda_graphs: bool = True  # on CUDA: replay decode-only steps from graphs
+    fused_kernels: bool = True  # on CUDA: norms, RoPE + cache write, SiLU x up as Triton kernels
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class EngineCore:
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
         self.max_model_len = loaded.max_model_len
+        if hasattr(self.model, "fused"):
+            self.model.fused = self.model.fused and config.fused_kernels
         num_blocks = config.num_blocks or kv_cache_blocks(loaded, config)
         self.block_manager = BlockManager(num_blocks, config.block_size,
                                           config.enable_prefix_caching)

@@ -201,12 +201,21 @@ class PagedKVCache:
         table = self.data[layer, kind].view(-1, self.block_size * self.head_dim)
         return table.index_select(0, rows).view(self.num_kv_heads, -1, self.head_dim)
 
+    @property
+    def slot_mapping(self) -> torch.Tensor:
+        """Where this step's tokens go, as prepared: for kernels that write the cache themselves."""
+        return self._slot_mapping
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, heads, d], k/v [T, kv_heads, d] in `prepare`'s order -> [T, heads * d]."""
-        h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
         key_slots, value_slots = self.slots[layer, 0], self.slots[layer, 1]
         key_slots.index_copy_(1, self._slot_mapping, k.transpose(0, 1).to(key_slots.dtype))
         value_slots.index_copy_(1, self._slot_mapping, v.transpose(0, 1).to(value_slots.dtype))
+        return self.attend_written(layer, q)
+
+    def attend_written(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """As `attend`, once this step's keys and values are in their slots -> [T, heads * d]."""
+        h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
         out = torch.empty(q.shape[0], h * d, device=q.device, dtype=q.dtype)
         b = self._num_decodes
         decode, prefills = self._views[self.windows[layer]]

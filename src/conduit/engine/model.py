@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conduit.engine.gguf_loader import Q4_TYPES, GGUFModelFile
-from conduit.engine.kv_cache import KVCache
+from conduit.engine.kv_cache import KVCache, PagedKVCache
 
 
 def int4_kernel_available() -> bool:
@@ -137,6 +137,9 @@ class LlamaModel:
         c = self.config = file.config
         self.dtype = dtype
         self.device = device = torch.device(device)
+        # On CUDA a batched (paged-cache) forward runs its elementwise steps as fused Triton
+        # kernels (triton_fused.py); the engine can turn that off (EngineConfig.fused_kernels).
+        self.fused = device.type == "cuda"
         check_quantization(dtype, quantization, device)
 
         def linear(*names: str):
@@ -189,6 +192,8 @@ class LlamaModel:
         The caller has reserved T slots in `kv` (anything with `attend`: one sequence's
         KVCache, or a PagedKVCache prepared for a batch); the tokens' keys/values go there.
         """
+        if self.fused and isinstance(kv, PagedKVCache):
+            return self._forward_fused(input_ids, positions, kv, logits_indices)
         c, eps, dtype = self.config, self.config.rms_norm_eps, self.dtype
         num_tokens = input_ids.shape[0]
         qk_heads = c.num_heads + c.num_kv_heads
@@ -214,6 +219,26 @@ class LlamaModel:
             return torch.empty(0, c.vocab_size, device=hidden.device)
         rows = hidden[-1:] if logits_indices is None else hidden[logits_indices]
         logits = self.lm_head(F.rms_norm(rows, self.norm.shape, self.norm, eps).to(dtype)).float()
+        return logits[0] if logits_indices is None else logits
+
+    def _forward_fused(self, input_ids: torch.Tensor, positions: torch.Tensor, kv: PagedKVCache,
+                       logits_indices: torch.Tensor | None) -> torch.Tensor:
+        """`forward` in nine kernels per layer: each residual add is fused into the next norm, RoPE
+        into the cache write, SiLU into the product with up. Same arithmetic, float32 residual."""
+        from conduit.engine import triton_fused as fused
+
+        c, eps, dtype = self.config, self.config.rms_norm_eps, self.dtype
+        hidden = F.embedding(input_ids, self.embed_tokens).float()
+        delta = None  # the last sublayer's output, added to `hidden` by the next norm
+        for i, layer in enumerate(self.layers):
+            x = fused.add_rms_norm(hidden, layer.attn_norm, eps, dtype, delta)
+            q = fused.rope_write(layer.qkv(x), self.cos, self.sin, positions, kv.slot_mapping,
+                                 kv.slots[i, 0], kv.slots[i, 1], c.num_heads, c.num_kv_heads, c.head_dim)
+            x = fused.add_rms_norm(hidden, layer.ffn_norm, eps, dtype, layer.o_proj(kv.attend_written(i, q)))
+            delta = layer.down(fused.silu_mul(layer.gate_up(x)))
+        normed = fused.add_rms_norm(hidden, self.norm, eps, dtype, delta)
+        rows = normed[-1:] if logits_indices is None else normed[logits_indices]
+        logits = self.lm_head(rows).float()
         return logits[0] if logits_indices is None else logits
 
 
