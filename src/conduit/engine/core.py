@@ -176,13 +176,12 @@ class EngineCore:
         samplers, logits = self.runner.execute(batch)
         self.scheduler.after_step(batch)
         picked = _greedy_tokens(samplers, logits)
-        return [self._advance(seq, logits[i], picked[i]) for i, seq in enumerate(samplers)]
+        rows = _host_rows(samplers, logits, picked)
+        return [self._advance(seq, rows[i], picked[i]) for i, seq in enumerate(samplers)]
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor, token: int | None) -> RequestOutput:
-        """`token`: already picked (plain greedy), else sampled here from the row."""
+    def _advance(self, seq: Sequence, logits: torch.Tensor | None, token: int | None) -> RequestOutput:
+        """`token`: already picked (plain greedy), else sampled here from the row (on the CPU)."""
         params, choice = seq.params, self.choices[seq]
-        if token is None or params.logprobs is not None:
-            logits = logits.float().cpu()  # per-request generators live on the CPU
         if token is None:
             processed = logits
             if params.penalized:
@@ -245,6 +244,20 @@ def _greedy_tokens(samplers: list[Sequence], logits: torch.Tensor) -> list[int |
         for i, token in zip(rows, chosen):
             picked[i] = token
     return picked
+
+
+def _host_rows(samplers: list[Sequence], logits: torch.Tensor, picked: list[int | None]) -> list[torch.Tensor | None]:
+    """The rows still needed on the CPU (to sample with a request's generator, or for logprobs),
+    copied off a GPU in one transfer; None for the rest."""
+    needed = [i for i, seq in enumerate(samplers) if picked[i] is None or seq.params.logprobs is not None]
+    rows: list[torch.Tensor | None] = [None] * len(samplers)
+    if needed and logits.device.type != "cpu":
+        for i, row in zip(needed, logits[needed].float().cpu()):
+            rows[i] = row
+    else:
+        for i in needed:
+            rows[i] = logits[i]
+    return rows
 
 
 def kv_cache_blocks(loaded: LoadedModel, config: EngineConfig) -> int:

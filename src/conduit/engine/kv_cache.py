@@ -131,6 +131,8 @@ class PagedKVCache:
         self.windows = list(windows) or [None] * num_layers
         self.device = torch.device(device)
         self.triton_decode = self.device.type == "cuda" if triton_decode is None else triton_decode
+        if self.triton_decode:  # fail at start, not at the first decode, without the triton package
+            import conduit.engine.triton_attention  # noqa: F401
         shape = (num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim)
         self.data = torch.zeros(shape, dtype=dtype, device=self.device)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
