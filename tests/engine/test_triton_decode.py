@@ -21,6 +21,8 @@ from conduit.engine.triton_attention import paged_decode_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu_only = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
+# Engines on CPU tensors can run the kernels only under the interpreter, which is off with a GPU.
+interpreted = pytest.mark.skipif(DEVICE == "cuda", reason="the CPU engine with Triton kernels runs interpreted")
 
 
 def reference(q, key_cache, value_cache, tables, lengths, scale, window):
@@ -106,6 +108,7 @@ def _generate(core: EngineCore, prompts: list[list[int]]) -> tuple[list[list[int
     return [tokens[i] for i in ids], torch.tensor([lp for i in ids for lp in logprobs[i]])
 
 
+@interpreted
 @pytest.mark.parametrize("model", ["llama", "gemma"])
 def test_engine_on_the_kernel_and_graph_buffers_matches_the_cpu_path(tiny_models, model):
     """Mixed steps take the kernel eagerly; decode-only steps of up to 6 sequences go through
@@ -160,6 +163,7 @@ def test_fused_kernels_match_torch():
     assert torch.allclose(fused.silu_mul(gate_up), torch.nn.functional.silu(gate) * up, atol=1e-5)
 
 
+@interpreted
 def test_engine_with_fused_kernels_matches_the_torch_forward(tiny_models):
     loaded = tiny_models["llama"]
     rng = random.Random(4)
