@@ -69,8 +69,8 @@ def test_kernel_matches_float64_reference(heads, kv_heads, head_dim, window, dty
     paged_decode_attention(q, key_cache, value_cache, tables, lengths.to(DEVICE), head_dim**-0.5, window, out=out)
     expected = reference(q, key_cache, value_cache, tables, lengths, head_dim**-0.5, window)
     error = (out.cpu().double() - expected).norm() / expected.norm()
-    # float32 exact to rounding on the CPU; the GPU's float32 dot is tf32, bf16 operands ~1e-2.
-    tolerance = 1e-5 if DEVICE == "cpu" else 5e-3 if dtype == torch.float32 else 2e-2
+    # float32 (the kernel asks for IEEE products, not tf32) exact to rounding; bf16 operands ~1e-2.
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     assert error < tolerance
 
 
@@ -186,8 +186,11 @@ def test_cuda_engine_graphs_match_eager_and_single_requests():
     from conduit.engine.loader import load_model
 
     shape = '{"hidden_size": 256, "intermediate_size": 512, "num_layers": 4, "num_heads": 8, "num_kv_heads": 2}'
-    loaded = load_model(shape, load_format="dummy", max_model_len=512, device="cuda")
-    assert loaded.dtype == "bfloat16" and loaded.quantization == "none"
+    assert load_model(shape, load_format="dummy", max_model_len=64, device="cuda").dtype == "bfloat16"
+    # float32, so that batch size and graphs change no rounding that could flip a near-tied token
+    # of random weights; bfloat16's own check is the fused-forward test below.
+    loaded = load_model(shape, load_format="dummy", max_model_len=512, device="cuda", dtype="float32")
+    assert loaded.quantization == "none"
     rng = random.Random(5)
     prompts = [[rng.randrange(100, 40000) for _ in range(rng.randrange(3, 200))] for _ in range(12)]
     graphs, _ = _generate(EngineCore(loaded, EngineConfig(max_num_seqs=16)), prompts)

@@ -29,7 +29,7 @@ def _paged_decode_kernel(
     stride_v_head, stride_v_block, stride_v_slot,
     stride_table,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -61,13 +61,13 @@ def _paged_decode_kernel(
                     + slots[:, None] * stride_k_slot + dims[None, :], mask=load_ok, other=0.0)
         v = tl.load(v_ptr + kv_head * stride_v_head + blocks[:, None] * stride_v_block
                     + slots[:, None] * stride_v_slot + dims[None, :], mask=load_ok, other=0.0)
-        scores = tl.dot(q.to(k.dtype), tl.trans(k)) * scale  # [GROUP_PAD, TILE], float32
+        scores = tl.dot(q.to(k.dtype), tl.trans(k), input_precision=PRECISION) * scale  # [GROUP_PAD, TILE]
         scores = tl.where(valid[None, :], scores, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, 1))
         weights = tl.exp(scores - new_best[:, None])
         rescale = tl.exp(best - new_best)
         total = total * rescale + tl.sum(weights, 1)
-        acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+        acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v, input_precision=PRECISION)
         best = new_best
 
     out = acc / total[:, None]
@@ -111,5 +111,7 @@ def paged_decode_attention(
         tables.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         DIM_PAD=max(16, triton.next_power_of_2(head_dim)), BLOCK_SIZE=block_size, TILE=tile,
+        # A float32 cache gets exact float32 products, not tf32: it is for checking, not speed.
+        PRECISION="ieee" if key_cache.dtype == torch.float32 else "tf32",
     )
     return out
