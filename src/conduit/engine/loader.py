@@ -36,7 +36,7 @@ DUMMY_PRESETS = {
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto": the GPU when torch sees one, else the CPU."""
+    """The torch device for "cpu", "cuda" / "cuda:N", or "auto" (the GPU when torch sees one)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
