@@ -97,8 +97,7 @@ class EngineCore:
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
         self.max_model_len = loaded.max_model_len
-        if hasattr(self.model, "fused"):
-            self.model.fused = self.model.fused and config.fused_kernels
+        self.model.fused = self.model.fused and config.fused_kernels
         num_blocks = config.num_blocks or kv_cache_blocks(loaded, config)
         self.block_manager = BlockManager(num_blocks, config.block_size,
                                           config.enable_prefix_caching)
@@ -264,11 +263,9 @@ def kv_cache_blocks(loaded: LoadedModel, config: EngineConfig) -> int:
     """Blocks the KV cache gets: `kv_cache_memory_gb` on the CPU; on CUDA, a fraction of the
     memory still free once the weights are loaded, less room for one step's activations."""
     c = loaded.model.config
-    on_gpu = loaded.device.type == "cuda"
-    dtype = loaded.model.dtype if on_gpu else torch.float32
     per_block = PagedKVCache.bytes_per_block(c.num_layers, c.num_kv_heads, c.head_dim,
-                                             config.block_size, dtype)
-    if not on_gpu:
+                                             config.block_size, loaded.model.kv_dtype)
+    if loaded.device.type != "cuda":
         return max(1, int(config.kv_cache_memory_gb * 2**30) // per_block)
     free, _ = torch.cuda.mem_get_info(loaded.device)
     # A prefill step's activations (float32 residual and norms, the fused projections, the

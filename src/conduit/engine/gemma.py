@@ -68,6 +68,9 @@ class GemmaModel:
     ):
         c = self.config = file.config
         self.dtype = dtype
+        self.device = torch.device("cpu")  # the CPU path only: no fused kernels, a float32 cache
+        self.fused = False
+        self.kv_dtype = torch.float32
         check_quantization(dtype, quantization)
 
         def linear(*names: str):

@@ -131,8 +131,11 @@ class PagedKVCache:
         self.windows = list(windows) or [None] * num_layers
         self.device = torch.device(device)
         self.triton_decode = self.device.type == "cuda" if triton_decode is None else triton_decode
-        if self.triton_decode:  # fail at start, not at the first decode, without the triton package
-            import conduit.engine.triton_attention  # noqa: F401
+        self._decode_kernel = None
+        if self.triton_decode:  # imported here: the CPU path needs no triton package
+            from conduit.engine.triton_attention import paged_decode_attention
+
+            self._decode_kernel = paged_decode_attention
         shape = (num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim)
         self.data = torch.zeros(shape, dtype=dtype, device=self.device)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -221,12 +224,10 @@ class PagedKVCache:
         out = torch.empty(q.shape[0], h * d, device=q.device, dtype=q.dtype)
         b = self._num_decodes
         decode, prefills = self._views[self.windows[layer]]
-        if b and self.triton_decode:
-            from conduit.engine.triton_attention import paged_decode_attention
-
+        if b and self._decode_kernel is not None:
             tables, lengths = self._decode_batch
-            paged_decode_attention(q[:b], self.data[layer, 0], self.data[layer, 1], tables, lengths,
-                                   d**-0.5, self.windows[layer], out=out[:b].view(b, h, d))
+            self._decode_kernel(q[:b], self.data[layer, 0], self.data[layer, 1], tables, lengths,
+                                d**-0.5, self.windows[layer], out=out[:b].view(b, h, d))
         elif b:
             rows, bias, width = decode
             # Query heads sharing a kv head are that head's query rows: [kvh, B, group, d].

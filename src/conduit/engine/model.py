@@ -140,6 +140,8 @@ class LlamaModel:
         # On CUDA a batched (paged-cache) forward runs its elementwise steps as fused Triton
         # kernels (triton_fused.py); the engine can turn that off (EngineConfig.fused_kernels).
         self.fused = device.type == "cuda"
+        # What the engine's paged cache holds: float32 on the CPU (see above), `dtype` on a GPU.
+        self.kv_dtype = dtype if device.type == "cuda" else torch.float32
         check_quantization(dtype, quantization, device)
 
         def linear(*names: str):

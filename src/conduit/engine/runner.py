@@ -30,13 +30,13 @@ class ModelRunner:
         c = model.config
         self.model = model
         self.block_size = block_size
-        self.device = getattr(model, "device", torch.device("cpu"))
+        self.device = model.device
         on_gpu = self.device.type == "cuda"
         self.kv = PagedKVCache(
             c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim,
             num_blocks + (1 if graph_batch else 0),  # the last: graph padding's scratch block
             block_size,
-            dtype=model.dtype if on_gpu else torch.float32,
+            dtype=model.kv_dtype,
             windows=[c.layer_window(i) for i in range(c.num_layers)],
             device=self.device,
             triton_decode=triton_decode,
