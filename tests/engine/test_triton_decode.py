@@ -170,13 +170,10 @@ def test_engine_with_fused_kernels_matches_the_torch_forward(tiny_models):
     prompts = [[rng.randrange(100, 40000) for _ in range(rng.randrange(3, 60))] for _ in range(7)]
     config = EngineConfig(num_blocks=128, block_size=8, max_num_batched_tokens=48, max_num_seqs=5)
     expected, expected_logprobs = _generate(EngineCore(loaded, config), prompts)
-    loaded.model.fused = True
-    try:
-        core = EngineCore(loaded, config)
-        core.runner = ModelRunner(loaded.model, 128, 8, loaded.max_model_len, triton_decode=True, graph_batch=5)
-        tokens, logprobs = _generate(core, prompts)
-    finally:
-        loaded.model.fused = False
+    core = EngineCore(loaded, config)
+    core.runner = ModelRunner(loaded.model, 128, 8, loaded.max_model_len, triton_decode=True, graph_batch=5,
+                              fused=True)
+    tokens, logprobs = _generate(core, prompts)
     assert tokens == expected
     assert torch.allclose(logprobs, expected_logprobs, atol=1e-4)
 
@@ -212,9 +209,8 @@ def test_cuda_fused_forward_matches_the_torch_forward():
     rows = torch.arange(40, device="cuda")
 
     def logits(fused: bool) -> torch.Tensor:
-        model.fused = fused
         runner.kv.prepare(rows, None, None, [(0, 40, [0, 1, 2], 40)])
-        return model.forward(ids, rows, runner.kv, logits_indices=rows)
+        return model.forward(ids, rows, runner.kv, logits_indices=rows, fused=fused)
 
     fused, plain = logits(True), logits(False)
     assert (fused - plain).norm() / plain.norm() < 2e-2

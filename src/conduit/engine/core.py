@@ -97,7 +97,6 @@ class EngineCore:
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
         self.max_model_len = loaded.max_model_len
-        self.model.fused = self.model.fused and config.fused_kernels
         num_blocks = config.num_blocks or kv_cache_blocks(loaded, config)
         self.block_manager = BlockManager(num_blocks, config.block_size,
                                           config.enable_prefix_caching)
@@ -105,7 +104,8 @@ class EngineCore:
                                    config.max_num_batched_tokens, config.enable_chunked_prefill)
         on_gpu = loaded.device.type == "cuda"
         self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.max_model_len,
-                                  graph_batch=config.max_num_seqs if on_gpu and config.cuda_graphs else 0)
+                                  graph_batch=config.max_num_seqs if on_gpu and config.cuda_graphs else 0,
+                                  fused=self.model.fusable and config.fused_kernels)
         self.requests: dict[str, list[Sequence]] = {}
         self.pending_forks: dict[str, list[Sequence]] = {}
         self.choices: dict[Sequence, _Choice] = {}

@@ -26,8 +26,8 @@ def graph_sizes(max_batch: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model, kv: PagedKVCache, max_batch: int, max_blocks: int, scratch_block: int,
-                 capture: bool = True):
-        self.model, self.kv = model, kv
+                 capture: bool = True, fused: bool = False):
+        self.model, self.kv, self.fused = model, kv, fused
         self.sizes = graph_sizes(max_batch)
         self.max_batch = max_batch
         device = kv.device
@@ -47,7 +47,7 @@ class DecodeGraphs:
     def _forward(self, n: int) -> torch.Tensor:
         self.kv.prepare(self.slots[:n], self.tables[:n], self.lengths[:n], [])
         return self.model.forward(self.input_ids[:n], self.positions[:n], self.kv,
-                                  logits_indices=self.rows[:n])
+                                  logits_indices=self.rows[:n], fused=self.fused)
 
     @torch.inference_mode()
     def _capture(self) -> None:

@@ -69,7 +69,7 @@ class GemmaModel:
         c = self.config = file.config
         self.dtype = dtype
         self.device = torch.device("cpu")  # the CPU path only: no fused kernels, a float32 cache
-        self.fused = False
+        self.fusable = False
         self.kv_dtype = torch.float32
         check_quantization(dtype, quantization)
 
@@ -110,8 +110,11 @@ class GemmaModel:
         positions: torch.Tensor,
         kv,
         logits_indices: torch.Tensor | None = None,
+        fused: bool = False,
     ) -> torch.Tensor:
         """As LlamaModel.forward: logits [vocab] of the last token, or of `logits_indices` rows."""
+        if fused:
+            raise ValueError("Gemma has no fused forward (fusable is False)")
         c, eps, dtype = self.config, self.config.rms_norm_eps, self.dtype
         num_tokens, d = input_ids.shape[0], c.head_dim
         tables = {

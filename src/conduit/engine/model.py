@@ -137,9 +137,9 @@ class LlamaModel:
         c = self.config = file.config
         self.dtype = dtype
         self.device = device = torch.device(device)
-        # On CUDA a batched (paged-cache) forward runs its elementwise steps as fused Triton
-        # kernels (triton_fused.py); the engine can turn that off (EngineConfig.fused_kernels).
-        self.fused = device.type == "cuda"
+        # On CUDA a batched (paged-cache) forward can run its elementwise steps as fused Triton
+        # kernels (triton_fused.py): the runner asks for it (EngineConfig.fused_kernels).
+        self.fusable = device.type == "cuda"
         # What the engine's paged cache holds: float32 on the CPU (see above), `dtype` on a GPU.
         self.kv_dtype = dtype if device.type == "cuda" else torch.float32
         check_quantization(dtype, quantization, device)
@@ -187,14 +187,16 @@ class LlamaModel:
         positions: torch.Tensor,
         kv: KVCache,
         logits_indices: torch.Tensor | None = None,
+        fused: bool = False,
     ) -> torch.Tensor:
         """input_ids/positions [T] -> float32 logits [vocab] of the last token, or
         [len(logits_indices), vocab] of those rows (a packed batch samples several).
+        `fused`: through the Triton kernels, when `kv` is a PagedKVCache.
 
         The caller has reserved T slots in `kv` (anything with `attend`: one sequence's
         KVCache, or a PagedKVCache prepared for a batch); the tokens' keys/values go there.
         """
-        if self.fused and isinstance(kv, PagedKVCache):
+        if fused and isinstance(kv, PagedKVCache):
             return self._forward_fused(input_ids, positions, kv, logits_indices)
         c, eps, dtype = self.config, self.config.rms_norm_eps, self.dtype
         num_tokens = input_ids.shape[0]

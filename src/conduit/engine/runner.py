@@ -22,13 +22,15 @@ from conduit.engine.scheduler import ScheduledBatch, Sequence
 class ModelRunner:
     """triton_decode: None = the Triton kernel on CUDA, the gather path on the CPU (True on the
     CPU runs it under TRITON_INTERPRET=1, for tests). graph_batch: the largest decode batch
-    replayed from a CUDA graph (0: none; on the CPU the same buffers run eagerly)."""
+    replayed from a CUDA graph (0: none; on the CPU the same buffers run eagerly). fused: the
+    model's forward through the fused Triton kernels (None: where the model can, on CUDA)."""
 
     def __init__(self, model: LlamaModel | GemmaModel, num_blocks: int, block_size: int,
                  max_model_len: int | None = None, triton_decode: bool | None = None,
-                 graph_batch: int = 0):
+                 graph_batch: int = 0, fused: bool | None = None):
         c = model.config
         self.model = model
+        self.fused = model.fusable if fused is None else fused
         self.block_size = block_size
         self.device = model.device
         on_gpu = self.device.type == "cuda"
@@ -45,7 +47,7 @@ class ModelRunner:
         if graph_batch:
             max_blocks = -(-(max_model_len or c.max_position_embeddings) // block_size)
             self.graphs = DecodeGraphs(model, self.kv, graph_batch, max_blocks, scratch_block=num_blocks,
-                                       capture=on_gpu)
+                                       capture=on_gpu, fused=self.fused)
 
     def execute(self, batch: ScheduledBatch) -> tuple[list[Sequence], torch.Tensor]:
         """Run the batch; return the sequences that sample now and their logits [n, vocab]."""
@@ -90,5 +92,6 @@ class ModelRunner:
             torch.tensor(positions, device=device),
             self.kv,
             logits_indices=torch.tensor(sample_rows, dtype=torch.long, device=device),
+            fused=self.fused,
         )
         return samplers, logits
