@@ -1,7 +1,7 @@
 """RAG benchmark, in-process: ingest throughput, retrieval quality and search latency.
 
     python bench/rag.py [--corpus django|linux] [--max-pages N] [--cross-encoder DIR]
-                        [--dtype auto|float32|bfloat16] [--chunk-size N] [--no-cache]
+                        [--dtype auto|float32|bfloat16|int8] [--chunk-size N] [--no-cache]
 
 django (default): Django's documentation (Debian's python-django-doc, installed if missing),
 cleaned of everything that repeats the FAQ questions (bench/django_qa.py builds the copy in a
@@ -667,7 +667,7 @@ def main() -> None:
     parser.add_argument("--maxsim-depth", type=int, default=10,
                         help="hybrid hits sentence-maxsim reorders (it embeds their sentences per query)")
     parser.add_argument("--cross-encoder-depth", type=int, default=20)
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "int8"), default="auto",
                         help="LocalEmbedder dtype (auto: bfloat16 where the CPU has AVX512-BF16/AMX)")
     parser.add_argument("--no-cache", action="store_true",
                         help=f"embed every chunk (default: reuse vectors cached in {CACHE})")
@@ -681,7 +681,7 @@ def main() -> None:
     started = time.perf_counter()
     embedder.encode(["warm up"])
     info["model_load_s"] = time.perf_counter() - started
-    info["embedder_dtype"] = str(next(embedder._load().parameters()).dtype)  # what "auto" chose
+    info["embedder_dtype"] = embedder.precision  # what "auto" chose
     console.print(f"machine: {info['cpu']}, {info['cpus']} CPUs, torch threads {info['torch_threads']}, "
                   f"load average {info['load_average_start'][0]:.1f} ({info['note']}); "
                   f"embedder all-MiniLM-L6-v2 in {info['embedder_dtype']}")

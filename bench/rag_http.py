@@ -1,7 +1,7 @@
 """Retrieval through the product's own path: `conduit ingest` of the cleaned Django docs, then
 `POST /v1/vector_stores/{id}/search` over HTTP with the FAQ questions, against a `conduit serve`.
 
-    python bench/rag_http.py [--max-pages N] [--rounds 3]
+    python bench/rag_http.py [--max-pages N] [--rounds 3] [--embeddings-dtype bfloat16]
     python bench/rag_http.py --corpus linux --chunk-size 128   # Debian's linux-doc-6.1: >100,000 chunks
 
 For the Linux corpus (no question set) the queries are 100 section headings of its pages, as in
@@ -91,6 +91,8 @@ def main() -> None:
                         help="Tokens per chunk (conduit ingest's default: 200).")
     parser.add_argument("--max-chunks", type=int, default=None,
                         help="Stop the ingest once the store holds this many chunks (files ingested whole).")
+    parser.add_argument("--embeddings-dtype", choices=("auto", "float32", "bfloat16", "int8"), default=None,
+                        help="embeddings.dtype for the ingest and the server (default: the configuration's, auto).")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="The data directory of an earlier run: no ingest, only the searches.")
     args = parser.parse_args()
@@ -109,6 +111,8 @@ def main() -> None:
            "CONDUIT_DATA_DIR": str(work), "CONDUIT_ADMIN_KEY": "cdk-admin-bench", "CONDUIT_SERVER__LOG_LEVEL": "warning",
            "CONDUIT_MODELS": json.dumps([{"name": "none", "deployments": [
                {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}]}])}
+    if args.embeddings_dtype:
+        env["CONDUIT_EMBEDDINGS__DTYPE"] = args.embeddings_dtype
     conduit = [sys.executable, "-m", "conduit.cli"]
 
     ingest_s = float("nan")

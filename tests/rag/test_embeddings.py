@@ -61,3 +61,57 @@ def test_one_text_and_a_batch_agree() -> None:
     batch = embedder.encode(TEXTS)
     alone = np.concatenate([embedder.encode([text]) for text in TEXTS])
     assert float(np.min(np.sum(alone * batch, axis=1))) > 0.998
+
+
+@pytest.fixture(scope="module")
+def int8_embedder() -> LocalEmbedder:
+    embedder = LocalEmbedder(dtype="int8")
+    embedder.encode(["load"])
+    if embedder.precision != "int8+bfloat16":
+        pytest.skip("this torch has no oneDNN 8-bit linear kernels")
+    return embedder
+
+
+PARAPHRASES = [
+    ("How do I reset my password?", "I forgot my password, how can I change it?"),
+    ("The database migration failed with a foreign key error.",
+     "Running migrate stops on a foreign key constraint violation."),
+    ("What is the capital of Japan?", "Which city is Japan's capital?"),
+    ("The train to Berlin leaves at nine in the morning.", "A morning train departs for Berlin at 9 am."),
+    ("How many calories are in a banana?", "What is the calorie count of one banana?"),
+    ("The kernel panicked after loading the network driver.", "Loading the NIC driver caused a kernel panic."),
+    ("Sort the list of users by their signup date.", "Order the users by the date they registered."),
+    ("Upload the PDF and wait until indexing completes.", "After the PDF file is uploaded, its index gets built."),
+]
+
+
+def test_int8_vectors_stay_close_to_float32(float32_model, int8_embedder: LocalEmbedder) -> None:
+    packed = int8_embedder._packed
+    assert all(isinstance(layer.qkv, bert_packed._Int8Linear) and isinstance(layer.up, bert_packed._Int8Linear)
+               for layer in packed.bulk_layers)
+    assert not any(isinstance(layer.qkv, bert_packed._Int8Linear) for layer in packed.layers)  # a query's
+    pairs = [text for pair in PARAPHRASES for text in pair]
+    texts = pairs + TEXTS * 2  # enough token rows for the 8-bit layers
+    assert sum(map(len, packed.tokenizer(texts)["input_ids"])) >= packed.BULK_ROWS
+    reference = float32_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    ours = int8_embedder.encode(texts)
+    assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
+    similarity = np.sum(ours * reference, axis=1)
+    assert float(similarity.min()) > 0.995 and float(similarity.mean()) > 0.998
+    # Search keeps its answers: each sentence's nearest other sentence is still its paraphrase.
+    partner = np.arange(len(pairs)) ^ 1
+    for vectors in (reference, ours):
+        scores = vectors[: len(pairs)] @ vectors[: len(pairs)].T
+        scores[np.arange(len(pairs)), np.arange(len(pairs))] = -1
+        assert np.array_equal(scores.argmax(1), partner)
+
+
+def test_int8_falls_back_to_bfloat16_without_the_kernels(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(bert_packed, "_int8_available", lambda: False)
+    embedder = LocalEmbedder(dtype="int8")
+    with caplog.at_level("WARNING"):
+        vectors = embedder.encode(TEXTS)
+    assert embedder.precision == "bfloat16" and "bfloat16 it is" in caplog.text
+    assert embedder._packed.bulk_layers is None
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

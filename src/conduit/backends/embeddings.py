@@ -4,6 +4,7 @@ or any OpenAI-compatible `/embeddings` upstream (TEI, vLLM, Ollama, OpenAI)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 
@@ -13,6 +14,8 @@ import torch
 
 from conduit.backends.bert_packed import PackedBert
 from conduit.config import EmbeddingSettings
+
+log = logging.getLogger(__name__)
 
 
 class LocalEmbedder:
@@ -26,6 +29,7 @@ class LocalEmbedder:
         self._dtype = dtype
         self._model = None
         self._packed = None  # bert_packed's encoder, where the model allows it
+        self.precision = dtype  # once loaded: what runs, e.g. "bfloat16" for auto
         self._lock = threading.Lock()
 
     def _load(self):  # noqa: ANN202 - SentenceTransformer
@@ -42,6 +46,12 @@ class LocalEmbedder:
                 if _use_bfloat16(self._dtype):
                     model.to(torch.bfloat16)  # ~1.8x the throughput; cosine to float32 >= 0.998
                 self._packed = PackedBert.from_sentence_transformer(model)
+                self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")
+                if _use_int8(self._dtype):
+                    if self._packed is not None and self._packed.quantize():
+                        self.precision = "int8+bfloat16"
+                    elif self._dtype == "int8":
+                        log.warning("embeddings.dtype int8: no 8-bit kernels for this model or torch; bfloat16 it is")
                 self._model = model
         return self._model
 
@@ -64,9 +74,20 @@ class LocalEmbedder:
 
 def _use_bfloat16(dtype: str) -> bool:
     if dtype != "auto":
-        return dtype == "bfloat16"
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return dtype in ("bfloat16", "int8")  # int8: the layers it does not quantise run in bfloat16
+    return _cpu_has("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+
+
+def _use_int8(dtype: str) -> bool:
+    """8-bit layers for large batches (PackedBert.quantize): asked for, or by default where the CPU
+    multiplies 8-bit integers natively (VNNI) besides bfloat16."""
+    if dtype != "auto":
+        return dtype == "int8"
+    return _use_bfloat16(dtype) and _cpu_has("_is_vnni_supported")
+
+
+def _cpu_has(*probes: str) -> bool:
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 class OpenAIEmbedder:
