@@ -118,7 +118,7 @@ class _Layer(NamedTuple):
 
 class PackedBert:
     BATCH = 32  # texts per forward: 16-32 measured best on the 2-core machine, 64 and up slower
-    BULK_ROWS = 512  # token rows from which the 8-bit layers are faster (~4 chunks; never a query)
+    BULK_ROWS = 128  # token rows from which the 8-bit layers are faster (a chunk, not a short query)
 
     def __init__(self, tokenizer: Any, max_tokens: int, weights: dict[str, torch.Tensor],
                  layers: int, heads: int, eps: float) -> None:
