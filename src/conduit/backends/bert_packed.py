@@ -166,6 +166,7 @@ class PackedBert:
             return False
         names = ("qkv", "up")
         layers = self.layers
+        self.bulk_layers = None  # the calibration pass must take the recording layers, whatever its size
         self.layers = [layer._replace(**{name: _InputRange(getattr(layer, name)) for name in names})
                        for layer in layers]
         try:
