@@ -85,16 +85,20 @@ PARAPHRASES = [
 ]
 
 
-def test_int8_vectors_stay_close_to_float32(float32_model, int8_embedder: LocalEmbedder) -> None:
+def test_int8_vectors_stay_close_to_float32(float32_model, int8_embedder: LocalEmbedder,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     packed = int8_embedder._packed
-    assert all(isinstance(layer.qkv, bert_packed._Int8Linear) and isinstance(layer.up, bert_packed._Int8Linear)
-               for layer in packed.bulk_layers)
+    assert all(isinstance(getattr(layer, name), bert_packed._Int8Linear)
+               for layer in packed.bulk_layers for name in ("qkv", "up", "down"))
     assert not any(isinstance(layer.qkv, bert_packed._Int8Linear) for layer in packed.layers)  # a query's
     pairs = [text for pair in PARAPHRASES for text in pair]
     texts = pairs + TEXTS * 2  # enough token rows for the 8-bit layers
-    assert sum(map(len, packed.tokenizer(texts)["input_ids"])) >= packed.BULK_ROWS
     reference = float32_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    eight_bit_calls = []
+    run = bert_packed._Int8Linear.__call__
+    monkeypatch.setattr(bert_packed._Int8Linear, "__call__", lambda layer, x: eight_bit_calls.append(x) or run(layer, x))
     ours = int8_embedder.encode(texts)
+    assert len(eight_bit_calls) == 3 * len(packed.bulk_layers)  # one batch: all but "Hi", which is too short
     assert ours.shape == (len(texts), 384) and ours.dtype == np.float32
     similarity = np.sum(ours * reference, axis=1)
     assert float(similarity.min()) > 0.995 and float(similarity.mean()) > 0.998

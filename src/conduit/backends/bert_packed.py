@@ -12,11 +12,17 @@ documentation, and closer to the float32 vectors).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# torch.quantize_per_tensor is deprecated with torch's quantised dtypes, but it is the one
+# vectorised quantiser torch has (the decomposed op is 10x slower); in a torch without it,
+# _int8_available() is False and the 8-bit layers stay off.
+warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", category=UserWarning)
 
 
 class _Linear:
@@ -49,60 +55,116 @@ def _packed(weight: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
+class _Quantized(NamedTuple):
+    """Activations in 8 bits, value = scale * (values - zero_point), and in float32 the few
+    channels whose range would have cost the rest their resolution."""
+
+    values: torch.Tensor  # uint8
+    scale: float
+    zero_point: int
+    outliers: torch.Tensor | None = None
+
+
 class _Int8Linear:
-    """y = x W^T + b with W in 8 bits per output channel and x quantised on each call (one scale for
-    the batch), through oneDNN's u8 x s8 kernels: twice bfloat16's products per cycle on this VM
-    (~800 against ~425 G/s). BERT's activations have a few channels far larger than the rest; one
-    scale for all of them would leave the others a handful of levels, so part of each channel's
-    range moves into the weights (SmoothQuant, alpha 0.75), from maxima seen on calibration text."""
+    """y = x W^T + b with W in 8 bits per output channel, through oneDNN's u8 x s8 kernels: twice
+    bfloat16's products per cycle on this VM (~800 against ~425 G/s).
+
+    A float input is quantised on each call with one scale for the batch. BERT's activations have
+    a few channels far larger than the rest; one scale for all of them would leave the others a
+    handful of levels, so part of each channel's range moves into the weights (SmoothQuant, alpha
+    0.75), from maxima seen on calibration text.
+
+    With `output_range` the kernel writes 8 bits itself (after the GELU), on a fixed scale over
+    that range, for the next 8-bit layer to read as they are: no pass over the 4x wider
+    activations between the up and down projections. The GELU's output cannot be smoothed
+    (it is not linear), so its outlier channels, one to three per layer and up to 5x the others,
+    leave the 8 bits: this layer computes them in float32 (`float_outputs`) and the next one
+    multiplies them in float32 (`float_inputs`), a few columns of its weight."""
 
     ALPHA = 0.75
 
-    def __init__(self, linear: _Linear, input_max: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16) -> None:
-        weight = linear.weight.float()
-        smooth = (input_max.float().clamp(min=1e-5) ** self.ALPHA
-                  / weight.abs().amax(0).clamp(min=1e-5) ** (1 - self.ALPHA))
-        weight = weight * smooth
+    def __init__(self, linear: _Linear, input_max: torch.Tensor | None, out_dtype: torch.dtype = torch.bfloat16,
+                 output_range: tuple[float, float] | None = None, float_outputs: torch.Tensor | None = None,
+                 float_inputs: torch.Tensor | None = None) -> None:
+        weight, bias = linear.weight.float(), linear.bias.float().clone()
+        self.unsmooth = None
+        if input_max is not None:
+            smooth = (input_max.float().clamp(min=1e-5) ** self.ALPHA
+                      / weight.abs().amax(0).clamp(min=1e-5) ** (1 - self.ALPHA))
+            weight, self.unsmooth = weight * smooth, 1 / smooth
+        self.outlier_layer = self.outlier_weight = None
+        if float_outputs is not None:  # computed on the side; 8 bits of zeros (GELU(0) = 0) in the main product
+            self.outlier_layer = _Linear(linear.weight.float()[float_outputs], bias[float_outputs], linear.gelu)
+            weight[float_outputs], bias[float_outputs] = 0, 0
+        if float_inputs is not None:
+            self.outlier_weight = weight[:, float_inputs].T.to(out_dtype).contiguous()
+            weight[:, float_inputs] = 0
         self.weight_scale = (weight.abs().amax(1) / 127).clamp(min=1e-8)
         self.weight = torch.ops.onednn.qlinear_prepack((weight / self.weight_scale[:, None]).round().to(torch.int8),
                                                        None)
         self.zero_points = torch.zeros(len(weight), dtype=torch.int64)
-        self.bias = linear.bias.float()
-        self.unsmooth = 1 / smooth
+        self.bias = bias
         self.post_op = ("gelu", "none") if linear.gelu else ("none", "")
         self.out_dtype = out_dtype
+        self.output: tuple[float, int] | None = None  # scale and zero point of an 8-bit output
+        if output_range is not None:
+            low, high = min(output_range[0], 0.0), output_range[1]
+            scale = max(high - low, 1e-6) / 255
+            self.output = (scale, round(-low / scale))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.mul(x, self.unsmooth)  # float32 whatever x is: one pass
-        low, high = torch.aminmax(x)
-        scale = max(-float(low), float(high), 1e-6) / 127
-        # Zero at 128; adding 128.5 and truncating rounds to the nearest level in two passes.
-        quantised = torch.add(_ROUNDED_ZERO, x, alpha=1 / scale).to(torch.uint8)
-        return torch.ops.onednn.qlinear_pointwise(quantised, scale, 128, self.weight, self.weight_scale,
-                                                  self.zero_points, self.bias, 1.0, 0, self.out_dtype,
-                                                  self.post_op[0], [], self.post_op[1])
+    def __call__(self, x: torch.Tensor | _Quantized) -> torch.Tensor | _Quantized:
+        if isinstance(x, _Quantized):
+            quantized = x
+        else:
+            quantized = _quantize(torch.mul(x, self.unsmooth))  # float32 whatever x is
+        if self.output is None:
+            y = torch.ops.onednn.qlinear_pointwise(quantized.values, quantized.scale, quantized.zero_point,
+                                                   self.weight, self.weight_scale, self.zero_points, self.bias,
+                                                   1.0, 0, self.out_dtype, self.post_op[0], [], self.post_op[1])
+            if quantized.outliers is not None:
+                y.addmm_(quantized.outliers, self.outlier_weight)
+            return y
+        scale, zero_point = self.output
+        values = torch.ops.onednn.qlinear_pointwise(quantized.values, quantized.scale, quantized.zero_point,
+                                                    self.weight, self.weight_scale, self.zero_points, self.bias,
+                                                    scale, zero_point, torch.uint8, self.post_op[0], [],
+                                                    self.post_op[1])
+        outliers = None if self.outlier_layer is None else self.outlier_layer(x).to(x.dtype)
+        return _Quantized(values, scale, zero_point, outliers)
 
 
-_ROUNDED_ZERO = torch.tensor(128.5)
+def _quantize(x: torch.Tensor) -> _Quantized:
+    """One scale for the whole tensor, zero at 128. torch's own quantiser is one vectorised pass
+    (the float ops it replaces took four); its bytes are read as a plain uint8 tensor, uncopied."""
+    low, high = torch.aminmax(x)
+    scale = max(-float(low), float(high), 1e-6) / 127
+    quantised = torch.quantize_per_tensor(x, scale, 128, torch.quint8)
+    values = torch.empty(0, dtype=torch.uint8).set_(quantised.untyped_storage(), 0, x.shape, x.stride())
+    return _Quantized(values, scale, 128)
 
 
 class _InputRange:
-    """A linear layer that notes the largest magnitude of each input channel it sees."""
+    """A linear layer that notes the largest magnitude of each input channel it sees, and the
+    smallest input overall."""
 
     def __init__(self, linear: _Linear) -> None:
-        self.linear, self.maximum = linear, None
+        self.linear, self.maximum, self.low = linear, None, float("inf")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         seen = x.float().abs().amax(0)
         self.maximum = seen if self.maximum is None else torch.maximum(self.maximum, seen)
+        self.low = min(self.low, float(x.min()))
         return self.linear(x)
 
 
 def _int8_available() -> bool:
+    """Whether this torch has every 8-bit kernel the bulk layers use, with the results they expect."""
     try:
-        probe = _Int8Linear(_Linear(torch.eye(16), torch.zeros(16)), torch.ones(16))
+        identity, channel = _Linear(torch.eye(16), torch.zeros(16)), torch.tensor([3])
+        first = _Int8Linear(identity, torch.ones(16), output_range=(-1.0, 1.0), float_outputs=channel)
+        second = _Int8Linear(identity, None, torch.float32, float_inputs=channel)
         x = torch.linspace(-1, 1, 32).view(2, 16)
-        return torch.allclose(probe(x).float(), x, atol=0.02)
+        return torch.allclose(second(first(x)), x, atol=0.02)
     except (RuntimeError, AttributeError):  # a torch without oneDNN's quantised linear
         return False
 
@@ -119,6 +181,14 @@ class _Layer(NamedTuple):
 class PackedBert:
     BATCH = 32  # texts per forward: 16-32 measured best on the 2-core machine, 64 and up slower
     BULK_ROWS = 128  # token rows from which the 8-bit layers are faster (a chunk, not a short query)
+    BULK_MIN_TOKENS = 8  # word pieces of a text for them: a mean over fewer averages out less 8-bit error
+    # The 8-bit GELU output: GELU_OUTLIERS channels, those of the largest values in calibration, pass
+    # in float32, and the 8 bits span the rest's calibrated range times GELU_HEADROOM. Measured on
+    # 2,000 chunks each of Django's and Linux's documentation against float32 (worst cosine):
+    # 4 and 1.0 gave 0.9952 and 0.9929 (text beyond the calibrated range), 8 and 1.25 0.9979 and
+    # 0.9948, 8 and 2.0 0.9973 and coarser steps; a range measured per batch was no closer.
+    GELU_OUTLIERS = 8
+    GELU_HEADROOM = 1.25
 
     def __init__(self, tokenizer: Any, max_tokens: int, weights: dict[str, torch.Tensor],
                  layers: int, heads: int, eps: float) -> None:
@@ -156,28 +226,38 @@ class PackedBert:
                    config.num_attention_heads, config.layer_norm_eps)
 
     def quantize(self) -> bool:
-        """Give large batches (an ingest's) 8-bit q|k|v and up projections, two thirds of the
-        arithmetic, calibrated on CALIBRATION; vectors stay within cosine ~0.999 of float32's
-        (docs/rag.md). The down projection, whose GELU input quantises worst, stays in bfloat16
-        (the output projection gained nothing in 8 bits), and so do small batches (a query):
-        quantising costs them more than it saves. False, and nothing changed, where torch lacks
-        the kernels."""
+        """Give large batches (an ingest's) 8-bit q|k|v, up and down projections, 90% of the
+        linear layers' arithmetic, calibrated on CALIBRATION; vectors stay within cosine ~0.999
+        of float32's on average, 0.995 at worst (docs/rag.md). The output projection gained
+        nothing in 8 bits and stays in bfloat16, and so do small batches (a query) and short
+        texts: quantising costs them more than it saves. False, and nothing changed, where torch
+        lacks the kernels."""
         if not _int8_available():
             return False
-        names = ("qkv", "up")
+        names = ("qkv", "up", "down")
         layers = self.layers
         self.bulk_layers = None  # the calibration pass must take the recording layers, whatever its size
         self.layers = [layer._replace(**{name: _InputRange(getattr(layer, name)) for name in names})
                        for layer in layers]
         try:
             self.encode(list(CALIBRATION))
-            # q|k|v in float32: attention reads it so, and the kernel writes it for free.
-            self.bulk_layers = [layer._replace(qkv=_Int8Linear(layer.qkv, seen.qkv.maximum, torch.float32),
-                                               up=_Int8Linear(layer.up, seen.up.maximum))
-                                for layer, seen in zip(layers, self.layers, strict=True)]
+            self.bulk_layers = [self._quantized(layer, seen) for layer, seen in zip(layers, self.layers, strict=True)]
         finally:
             self.layers = layers
         return True
+
+    def _quantized(self, layer: _Layer, seen: _Layer) -> _Layer:
+        # q|k|v in float32: attention reads it so, and the kernel writes it for free. The up
+        # projection hands the down projection 8 bits over the GELU's calibrated range, less the
+        # GELU_OUTLIERS channels of the largest values, which pass in float32.
+        gelu = seen.down
+        order = gelu.maximum.argsort(descending=True)
+        outliers, rest = order[:self.GELU_OUTLIERS], order[self.GELU_OUTLIERS:]
+        gelu_range = (gelu.low, gelu.maximum[rest].max().item() * self.GELU_HEADROOM)
+        return layer._replace(
+            qkv=_Int8Linear(layer.qkv, seen.qkv.maximum, torch.float32),
+            up=_Int8Linear(layer.up, seen.up.maximum, output_range=gelu_range, float_outputs=outliers),
+            down=_Int8Linear(layer.down, None, float_inputs=outliers))
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text, in the order given."""
@@ -185,14 +265,17 @@ class PackedBert:
             return np.empty((0, self.hidden), dtype=np.float32)
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
         vectors = np.empty((len(texts), self.hidden), dtype=np.float32)
-        # Texts of similar length together keep a batch's rows (and its attention loop) even.
+        # Texts of similar length together keep a batch's rows (and its attention loop) even;
+        # short ones apart, as they never take the 8-bit layers.
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        short = sum(len(ids[i]) < self.BULK_MIN_TOKENS for i in order)
         with torch.inference_mode():
-            for start in range(0, len(order), self.BATCH):
-                batch = order[start:start + self.BATCH]
-                lengths = [len(ids[i]) for i in batch]
-                rows = torch.tensor([token for i in batch for token in ids[i]])
-                vectors[batch] = self._encode(rows, lengths).numpy()
+            for part in (order[:short], order[short:]):
+                for start in range(0, len(part), self.BATCH):
+                    batch = part[start:start + self.BATCH]
+                    lengths = [len(ids[i]) for i in batch]
+                    rows = torch.tensor([token for i in batch for token in ids[i]])
+                    vectors[batch] = self._encode(rows, lengths).numpy()
         return vectors
 
     def _encode(self, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -200,7 +283,8 @@ class PackedBert:
         positions = torch.cat([torch.arange(n) for n in lengths])
         x = self.words[ids] + self.positions[positions] + self.token_type
         x = F.layer_norm(x, (hidden,), *self.embedding_norm, self.eps)
-        layers = self.bulk_layers if self.bulk_layers and len(ids) >= self.BULK_ROWS else self.layers
+        bulk = self.bulk_layers and len(ids) >= self.BULK_ROWS and min(lengths) >= self.BULK_MIN_TOKENS
+        layers = self.bulk_layers if bulk else self.layers
         for layer in layers:
             qkv = layer.qkv(x).float().view(len(ids), 3, heads, -1)
             parts = torch.split(qkv, lengths) if len(lengths) > 1 else (qkv,)
