@@ -106,31 +106,27 @@ class _Int8Linear:
         self.bias = bias
         self.post_op = ("gelu", "none") if linear.gelu else ("none", "")
         self.out_dtype = out_dtype
-        self.output: tuple[float, int] | None = None  # scale and zero point of an 8-bit output
+        self.output: tuple[float, int, torch.dtype] | None = None  # an 8-bit output's scale and zero point
         if output_range is not None:
             low, high = min(output_range[0], 0.0), output_range[1]
             scale = max(high - low, 1e-6) / 255
-            self.output = (scale, round(-low / scale))
+            self.output = (scale, round(-low / scale), torch.uint8)
 
     def __call__(self, x: torch.Tensor | _Quantized) -> torch.Tensor | _Quantized:
         if isinstance(x, _Quantized):
             quantized = x
         else:
             quantized = _quantize(torch.mul(x, self.unsmooth))  # float32 whatever x is
-        if self.output is None:
-            y = torch.ops.onednn.qlinear_pointwise(quantized.values, quantized.scale, quantized.zero_point,
-                                                   self.weight, self.weight_scale, self.zero_points, self.bias,
-                                                   1.0, 0, self.out_dtype, self.post_op[0], [], self.post_op[1])
-            if quantized.outliers is not None:
-                y.addmm_(quantized.outliers, self.outlier_weight)
-            return y
-        scale, zero_point = self.output
-        values = torch.ops.onednn.qlinear_pointwise(quantized.values, quantized.scale, quantized.zero_point,
-                                                    self.weight, self.weight_scale, self.zero_points, self.bias,
-                                                    scale, zero_point, torch.uint8, self.post_op[0], [],
-                                                    self.post_op[1])
-        outliers = None if self.outlier_layer is None else self.outlier_layer(x).to(x.dtype)
-        return _Quantized(values, scale, zero_point, outliers)
+        scale, zero_point, out_dtype = self.output or (1.0, 0, self.out_dtype)
+        y = torch.ops.onednn.qlinear_pointwise(quantized.values, quantized.scale, quantized.zero_point, self.weight,
+                                               self.weight_scale, self.zero_points, self.bias, scale, zero_point,
+                                               out_dtype, self.post_op[0], [], self.post_op[1])
+        if self.output is not None:
+            outliers = None if self.outlier_layer is None else self.outlier_layer(x).to(x.dtype)
+            return _Quantized(y, scale, zero_point, outliers)
+        if quantized.outliers is not None:
+            y.addmm_(quantized.outliers, self.outlier_weight)
+        return y
 
 
 def _quantize(x: torch.Tensor) -> _Quantized:
