@@ -197,7 +197,8 @@ class PackedBert:
         self.hidden = self.words.shape[1]
         self.heads = heads
         self.scale = (self.hidden // heads) ** -0.5
-        self._no_bias = torch.zeros(())  # baddbmm's input, ignored with beta=0
+        # baddbmm's input, ignored with beta=0, in each dtype attention runs in
+        self._no_bias = {dtype: torch.zeros((), dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
         self.eps = eps
         self.layers = [_layer(weights, f"encoder.layer.{i}.") for i in range(layers)]
         self.bulk_layers: list[_Layer] | None = None  # 8-bit, for batches of BULK_ROWS and more (quantize)
@@ -243,7 +244,7 @@ class PackedBert:
         return True
 
     def _quantized(self, layer: _Layer, seen: _Layer) -> _Layer:
-        # q|k|v in float32: attention reads it so, and the kernel writes it for free. The up
+        # q|k|v in bfloat16, which attention reads (the kernel writes it for free). The up
         # projection hands the down projection 8 bits over the GELU's calibrated range, less the
         # GELU_OUTLIERS channels of the largest values, which pass in float32.
         gelu = seen.down
@@ -251,7 +252,7 @@ class PackedBert:
         outliers, rest = order[:self.GELU_OUTLIERS], order[self.GELU_OUTLIERS:]
         gelu_range = (gelu.low, gelu.maximum[rest].max().item() * self.GELU_HEADROOM)
         return layer._replace(
-            qkv=_Int8Linear(layer.qkv, seen.qkv.maximum, torch.float32),
+            qkv=_Int8Linear(layer.qkv, seen.qkv.maximum),
             up=_Int8Linear(layer.up, seen.up.maximum, output_range=gelu_range, float_outputs=outliers),
             down=_Int8Linear(layer.down, None, float_inputs=outliers))
 
@@ -282,7 +283,8 @@ class PackedBert:
         bulk = self.bulk_layers and len(ids) >= self.BULK_ROWS and min(lengths) >= self.BULK_MIN_TOKENS
         layers = self.bulk_layers if bulk else self.layers
         for layer in layers:
-            qkv = layer.qkv(x).float().view(len(ids), 3, heads, -1)
+            # The 8-bit q|k|v writes bfloat16 for attention; otherwise attention runs in float32
+            qkv = layer.qkv(x).to(torch.bfloat16 if bulk else torch.float32).view(len(ids), 3, heads, -1)
             parts = torch.split(qkv, lengths) if len(lengths) > 1 else (qkv,)
             attended = torch.cat([self._attention(part) for part in parts])
             x = F.layer_norm(layer.out(attended) + x, (hidden,), *layer.attention_norm, self.eps)
@@ -291,16 +293,19 @@ class PackedBert:
         return F.normalize(pooled, dim=-1)
 
     def _attention(self, qkv: torch.Tensor) -> torch.Tensor:
-        """One text's self-attention over its rows, [n, 3, heads, d] -> [n, hidden].
+        """One text's self-attention over its rows, [n, 3, heads, d] -> [n, hidden], in qkv's dtype
+        with the softmax in float32.
 
-        In float32 by hand: for a 12 x 17 x 17 attention SDPA's bfloat16 math path spends more on
-        dtype round trips than on arithmetic (everything but the linear layers took 1.4-1.7 ms of a
-        17-token question with it, 1.0 ms like this; same vectors, cosine 0.99998). On a padded
-        batch, SDPA was no faster than this loop either."""
+        By hand: for a 12 x 17 x 17 attention SDPA's bfloat16 math path spends more on dtype round
+        trips than on arithmetic (everything but the linear layers took 1.4-1.7 ms of a 17-token
+        question with it, 1.0 ms like this in float32; same vectors, cosine 0.99998), and on a
+        padded batch or through its flash kernel SDPA was no faster than this loop. In bfloat16
+        (the 8-bit path's) the two products take half float32's time at ~190 rows."""
         n = len(qkv)
         q, k, v = qkv.permute(1, 2, 0, 3)
-        scores = torch.baddbmm(self._no_bias, q, k.transpose(1, 2), beta=0.0, alpha=self.scale)
-        return (scores.softmax(-1) @ v).transpose(0, 1).reshape(n, self.hidden)
+        scores = torch.baddbmm(self._no_bias[qkv.dtype], q, k.transpose(1, 2), beta=0.0, alpha=self.scale)
+        weights = scores.softmax(-1, dtype=torch.float32).to(qkv.dtype)
+        return (weights @ v).transpose(0, 1).reshape(n, self.hidden)
 
 
 # Text for the 8-bit path's calibration: BERT's outlier channels are the same whatever it reads,
