@@ -7,12 +7,15 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import uvicorn
+from openai import OpenAI
 
 from conduit.api.app import create_app
 from conduit.backends import Delta, GenerateRequest
@@ -79,9 +82,9 @@ class _ExplodingBackend:
         yield  # pragma: no cover - makes this an async generator
 
 
-def test_server_fault_is_500_with_logged_error_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings(data_dir=tmp_path, admin_key=ADMIN_KEY,
-                        models=[ModelSettings(name="broken", source=str(tmp_path / "missing.gguf"))])
+@contextmanager
+def _serving(settings: Settings, model: str, backend: object) -> Iterator[str]:
+    """The app on a free port in this process, with `model`'s deployment backed by `backend`."""
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -90,22 +93,50 @@ def test_server_fault_is_500_with_logged_error_id(tmp_path: Path, caplog: pytest
     try:
         while not server.started:
             time.sleep(0.05)
-        app.state.pipeline.registry.groups["broken"].deployments[0].backend = _ExplodingBackend()
-        with caplog.at_level(logging.ERROR, logger="conduit.api"):
-            response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                  headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                                  json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]})
-        assert response.status_code == 500
-        error = response.json()["error"]
-        assert error["type"] == "server_error"
-        error_id = error["message"].split("error id: ")[1].rstrip(").")
-        assert error_id.startswith("err-")
-        assert any(error_id in record.getMessage() for record in caplog.records)
-        assert "simulated backend fault" in caplog.text  # the traceback is in the log, not the response
-        assert "simulated" not in response.text
+        registry = app.state.pipeline.registry
+        while not registry.loading.done():  # the real (missing) model has failed to load
+            time.sleep(0.05)
+        deployment = registry.groups[model].deployments[0]
+        deployment.backend, deployment.load_error = backend, None
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_server_fault_is_500_with_logged_error_id(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(data_dir=tmp_path, admin_key=ADMIN_KEY,
+                        models=[ModelSettings(name="broken", source=str(tmp_path / "missing.gguf"))])
+    with _serving(settings, "broken", _ExplodingBackend()) as url, caplog.at_level(logging.ERROR, logger="conduit.api"):
+        response = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                              json={"model": "broken", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["type"] == "server_error"
+    error_id = error["message"].split("error id: ")[1].rstrip(").")
+    assert error_id.startswith("err-")
+    assert any(error_id in record.getMessage() for record in caplog.records)
+    assert "simulated backend fault" in caplog.text  # the traceback is in the log, not the response
+    assert "simulated" not in response.text
+
+
+class _LoadingBackend(_ExplodingBackend):
+    ready = False  # started, model not loaded yet
+
+
+def test_request_while_the_model_loads_is_503_model_loading(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, admin_key=ADMIN_KEY,
+                        models=[ModelSettings(name="slow", source=str(tmp_path / "missing.gguf"))])
+    with _serving(settings, "slow", _LoadingBackend()) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key=ADMIN_KEY, max_retries=0)
+        with pytest.raises(openai.InternalServerError) as raised:
+            client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}])
+        ready = httpx.get(f"{url}/readyz")
+    response = raised.value.response
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    error = response.json()["error"]
+    assert error["code"] == "model_loading" and "still loading" in error["message"]
+    assert ready.status_code == 503 and ready.json()["models"] == {"slow": "loading"}
 
 
 def test_sigterm_drains_in_flight_and_flushes_log(tmp_path: Path) -> None:

@@ -85,9 +85,7 @@ class Dispatcher:
         for attempt in range(policy.attempts):
             handle = group.pick(tried)
             if handle is None:
-                last_error = last_error or APIError(
-                    503, f"No healthy deployment of '{group.name}' is available.", "service_unavailable",
-                    code="no_healthy_deployment", headers={"Retry-After": "1"})
+                last_error = last_error or _unavailable(group)
                 break
             tried.add(handle.id)
             sent_any = False
@@ -186,3 +184,11 @@ def _backoff(base: float, cap: float, attempt: int, error: APIError | None) -> f
     pause = random.uniform(0, min(cap, base * 2**attempt))  # "full jitter"
     retry_after = getattr(error, "retry_after", None)
     return max(pause, min(retry_after, cap)) if retry_after else pause
+
+
+def _unavailable(group: ModelGroup) -> APIError:
+    if group.state() == "loading":  # a server just started: say so, rather than "unhealthy"
+        return APIError(503, f"Model '{group.name}' is still loading; GET /readyz answers 200 once it is ready.",
+                        "service_unavailable", code="model_loading", headers={"Retry-After": "5"})
+    return APIError(503, f"No healthy deployment of '{group.name}' is available.", "service_unavailable",
+                    code="no_healthy_deployment", headers={"Retry-After": "1"})
