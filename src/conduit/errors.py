@@ -25,3 +25,9 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def model_loading(model: str) -> APIError:
+    """503 for a model whose weights are not loaded yet (a server that has just started)."""
+    return APIError(503, f"Model '{model}' is still loading; GET /readyz answers 200 once it is ready.",
+                    "service_unavailable", code="model_loading", headers={"Retry-After": "5"})

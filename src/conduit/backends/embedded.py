@@ -15,7 +15,7 @@ from conduit.engine import SamplingParams, Tokenizer
 from conduit.engine.async_engine import AsyncEngine, EngineArgs
 from conduit.engine.core import EngineConfig
 from conduit.engine.gguf_loader import GGUFModelFile, resolve_model_path
-from conduit.errors import APIError
+from conduit.errors import APIError, model_loading
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ class EmbeddedBackend:
 
     def _engine(self) -> AsyncEngine:
         if self.engine is None:
-            raise APIError(503, f"Model '{self.model}' is still loading.", "service_unavailable",
-                           code="model_loading", headers={"Retry-After": "5"})
+            raise model_loading(self.model)
         return self.engine
 
     async def start(self) -> None:

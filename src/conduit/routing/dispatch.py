@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from conduit.backends import Delta, GenerateRequest
 from conduit.backends.openai_compat import UpstreamError
-from conduit.errors import APIError
+from conduit.errors import APIError, model_loading
 from conduit.pipeline.context import RequestContext
 from conduit.routing.registry import DeploymentHandle, ModelGroup, Registry
 
@@ -188,7 +188,6 @@ def _backoff(base: float, cap: float, attempt: int, error: APIError | None) -> f
 
 def _unavailable(group: ModelGroup) -> APIError:
     if group.state() == "loading":  # a server just started: say so, rather than "unhealthy"
-        return APIError(503, f"Model '{group.name}' is still loading; GET /readyz answers 200 once it is ready.",
-                        "service_unavailable", code="model_loading", headers={"Retry-After": "5"})
+        return model_loading(group.name)
     return APIError(503, f"No healthy deployment of '{group.name}' is available.", "service_unavailable",
                     code="no_healthy_deployment", headers={"Retry-After": "1"})
